@@ -1,0 +1,38 @@
+"""Sphinx configuration of the skbilevel documentation."""
+
+import warnings
+
+import skbilevel
+
+project = "skbilevel"
+author = "the skbilevel developers"
+copyright = "2026, the skbilevel developers"
+version = release = skbilevel.__version__
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.mathjax",
+    "numpydoc",
+    "sphinx_gallery.gen_gallery",
+]
+
+autosummary_generate = True
+autodoc_default_options = {"members": True, "inherited-members": False}
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+templates_path = ["_templates"]
+exclude_patterns = ["_build", "auto_examples/*.ipynb", "auto_examples/*.py"]
+html_theme = "pydata_sphinx_theme"
+html_title = f"skbilevel {version}"
+
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/plot_",
+    "download_all_examples": False,
+    "within_subsection_order": "FileNameSortKey",
+}
+
+# Matplotlib in a headless build.
+warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")

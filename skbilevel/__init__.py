@@ -1,0 +1,11 @@
+"""skbilevel: gradient-based hyperparameter optimization for scikit-learn.
+
+An implementation of "Bilevel Programming for Hyperparameter Optimization and
+Meta-Learning" (Franceschi et al., ICML 2018).
+"""
+
+from ._space import PerFeature, Real, SampleWeight
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["PerFeature", "Real", "SampleWeight", "__version__"]

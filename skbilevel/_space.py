@@ -1,0 +1,214 @@
+"""Continuous hyperparameter specifications and their unconstrained spaces.
+
+Each spec maps an unconstrained tensor u (the variable the outer optimizer
+moves) to the constrained hyperparameter value, and projects u back onto its
+bounds after each outer step. Positive quantities live in log space (as in
+sparse-ho), so a gradient step changes them by a factor, not an amount.
+"""
+
+import math
+from numbers import Real as RealNumber
+
+import torch
+
+
+def _check_bounds(low, high, log):
+    for name, value in (("low", low), ("high", high)):
+        if not isinstance(value, RealNumber) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite real number; got {value!r}.")
+    if not low < high:
+        raise ValueError(f"low must be smaller than high; got low={low}, high={high}.")
+    if log and low <= 0:
+        raise ValueError(f"low must be positive when log=True; got low={low}.")
+
+
+class _Bounded:
+    """A value in [low, high], log-scaled or not, of a shape fixed at fit time."""
+
+    def __init__(self, low, high, init=None, log=True):
+        _check_bounds(low, high, log)
+        if init is not None and not low <= init <= high:
+            raise ValueError(f"init must be in [{low}, {high}]; got init={init}.")
+        self.low = low
+        self.high = high
+        self.init = init
+        self.log = log
+
+    def _scale(self, value):
+        return math.log(value) if self.log else float(value)
+
+    def initial(self, shape=(), *, dtype=torch.float64, device="cpu"):
+        """The initial unconstrained tensor u_0 of the given shape."""
+        if self.init is None:
+            start = 0.5 * (self._scale(self.low) + self._scale(self.high))
+        else:
+            start = self._scale(self.init)
+        return torch.full(shape, start, dtype=dtype, device=device)
+
+    def to_unconstrained(self, value):
+        """The unconstrained tensor u whose value is ``value``."""
+        value = torch.as_tensor(value)
+        return torch.log(value) if self.log else value.clone()
+
+    def transform(self, u):
+        """The constrained value of ``u`` (differentiable)."""
+        return torch.exp(u) if self.log else u
+
+    def project(self, u):
+        """``u`` clipped so that its value lies in [low, high]."""
+        return u.clamp(self._scale(self.low), self._scale(self.high))
+
+    def __repr__(self):
+        init = "" if self.init is None else f", init={self.init!r}"
+        return f"{type(self).__name__}({self.low!r}, {self.high!r}{init}, log={self.log})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self):
+        return hash((type(self).__name__, *sorted(vars(self).items())))
+
+
+class Real(_Bounded):
+    """One continuous hyperparameter in [low, high], learned by hypergradient.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds of the value; both must be positive when ``log=True``.
+    init : float, default=None
+        Initial value; ``None`` starts at the (geometric, if ``log``) midpoint.
+    log : bool, default=True
+        Optimize ``log(value)`` rather than the value, the right scale for
+        penalties (``C``, ``alpha``) and kernel widths.
+
+    See Also
+    --------
+    PerFeature : one such value per input feature.
+    SampleWeight : one weight in [0, 1] per training example.
+
+    Examples
+    --------
+    >>> from skbilevel import Real
+    >>> space = Real(1e-4, 1e4)
+    >>> round(float(space.transform(space.initial())), 6)
+    1.0
+    """
+
+
+class PerFeature(_Bounded):
+    """One L2 penalty per input feature, each in [low, high].
+
+    Learned in log space; refitted as a fixed feature rescaling in front of the
+    scikit-learn estimator, so that the estimator's own scalar penalty applies.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds of each penalty, both positive.
+    init : float, default=None
+        Initial value of every penalty; ``None`` starts at the geometric
+        midpoint of the bounds.
+
+    See Also
+    --------
+    Real : one scalar penalty.
+
+    Examples
+    --------
+    >>> from skbilevel import PerFeature
+    >>> space = PerFeature(1e-3, 1e3, init=1.0)
+    >>> space.transform(space.initial((3,), dtype=torch.float32))
+    tensor([1., 1., 1.])
+    """
+
+    def __init__(self, low, high, init=None):
+        super().__init__(low, high, init=init, log=True)
+
+    def __repr__(self):
+        init = "" if self.init is None else f", init={self.init!r}"
+        return f"PerFeature({self.low!r}, {self.high!r}{init})"
+
+
+def _project_capped_simplex(x, budget):
+    """Euclidean projection onto {0 <= x <= 1, sum(x) <= budget} by bisection."""
+    clipped = x.clamp(0.0, 1.0)
+    if float(clipped.sum()) <= budget:
+        return clipped
+    low, high = float(x.min()) - 1.0, float(x.max())
+    for _ in range(100):
+        shift = 0.5 * (low + high)
+        if float((x - shift).clamp(0.0, 1.0).sum()) > budget:
+            low = shift
+        else:
+            high = shift
+    return (x - high).clamp(0.0, 1.0)
+
+
+class SampleWeight:
+    """One weight in [0, 1] per training example (data hyper-cleaning).
+
+    Noisy or harmful examples are driven to weight 0. The weights are the
+    unconstrained variables themselves, projected onto the unit box after each
+    outer step (Franceschi et al., 2017); with ``budget``, onto the box
+    intersected with the L1 ball ``sum(weights) <= budget``, which forces the
+    search to discard examples.
+
+    Parameters
+    ----------
+    init : float, default=1.0
+        Initial weight of every example, in [0, 1].
+    budget : float, default=None
+        Optional bound on the sum of the weights; a fraction in (0, 1] is read
+        as that fraction of the number of training examples.
+
+    References
+    ----------
+    .. [1] L. Franceschi, M. Donini, P. Frasconi and M. Pontil, "Forward and
+       Reverse Gradient-Based Hyperparameter Optimization", ICML 2017.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skbilevel import SampleWeight
+    >>> space = SampleWeight(budget=0.5)
+    >>> space.project(torch.tensor([1.2, 0.9, -0.1, 0.4]))
+    tensor([1.0000, 0.7500, 0.0000, 0.2500])
+    """
+
+    def __init__(self, init=1.0, budget=None):
+        if not isinstance(init, RealNumber) or not 0.0 <= init <= 1.0:
+            raise ValueError(f"init must be in [0, 1]; got init={init!r}.")
+        if budget is not None and (not isinstance(budget, RealNumber) or budget <= 0):
+            raise ValueError(f"budget must be a positive number; got {budget!r}.")
+        self.init = init
+        self.budget = budget
+
+    def initial(self, shape, *, dtype=torch.float64, device="cpu"):
+        """The initial weights, one per example, projected onto the budget."""
+        return self.project(torch.full(shape, float(self.init), dtype=dtype, device=device))
+
+    def to_unconstrained(self, value):
+        """The weights themselves (the box is handled by projection)."""
+        return torch.as_tensor(value).clone()
+
+    def transform(self, u):
+        """The weights (identity; see :meth:`project`)."""
+        return u
+
+    def project(self, u):
+        """Projection of ``u`` onto [0, 1]^n (and the L1 budget, if any)."""
+        if self.budget is None:
+            return u.clamp(0.0, 1.0)
+        budget = self.budget * u.numel() if self.budget <= 1 else self.budget
+        return _project_capped_simplex(u, budget)
+
+    def __repr__(self):
+        budget = "" if self.budget is None else f", budget={self.budget!r}"
+        return f"SampleWeight(init={self.init!r}{budget})"
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self):
+        return hash(("SampleWeight", self.init, self.budget))

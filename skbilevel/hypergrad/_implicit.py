@@ -1,0 +1,211 @@
+"""Implicit hypergradients at the inner optimum: conjugate gradient and fixed point.
+
+Both share the signature of :func:`~skbilevel.hypergrad.reverse`. The ``T``
+steps of ``dynamics`` are only a solver here: they run without a graph, stop
+early at ``tol`` and may be skipped altogether (``T=0``) when ``params`` is
+already the inner solution, for instance one computed by a faster solver or
+warm-started from the previous outer step. Memory is independent of ``T``.
+"""
+
+import warnings
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import Tensor
+
+from ._dynamics import Params, gradient_norm, unroll
+from ._methods import Hypergradient, _check_finite, _detached, _grad, _leaves
+
+
+def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b))
+
+
+def _norm(a: list[Tensor]) -> float:
+    return float(torch.sqrt(_dot(a, a)))
+
+
+def _conjugate_gradient(matvec, b: list[Tensor], max_iter: int, tol: float):
+    """Solve ``A x = b`` for a symmetric positive-definite ``A`` given by matvec.
+
+    Returns the solution and whether ``||A x - b|| <= tol * ||b||`` was reached.
+    """
+    x = [torch.zeros_like(v) for v in b]
+    residual = list(b)
+    direction = list(b)
+    rs = _dot(residual, residual)
+    threshold = tol * _norm(b)
+    for _ in range(max_iter):
+        if float(torch.sqrt(rs)) <= threshold:
+            return x, True
+        product = matvec(direction)
+        alpha = rs / _dot(direction, product)
+        x = [xi + alpha * di for xi, di in zip(x, direction)]
+        residual = [ri - alpha * pi for ri, pi in zip(residual, product)]
+        rs_new = _dot(residual, residual)
+        direction = [ri + (rs_new / rs) * di for ri, di in zip(residual, direction)]
+        rs = rs_new
+    return x, float(torch.sqrt(rs)) <= threshold
+
+
+def _solve_inner(params, hparams, T, dynamics, tol):
+    """Run the dynamics as a plain solver, warning if ``tol`` was not reached."""
+    with torch.no_grad():
+        state = unroll(dynamics, _detached(params), _detached(hparams), T, tol=tol)
+    if T > 0 and gradient_norm(dynamics.inner_loss, state[0], hparams) > tol:
+        warnings.warn(
+            f"The inner problem was not solved to tol={tol} in T={T} steps; the "
+            "implicit hypergradient is only as accurate as the inner solution. "
+            "Increase T or the learning rate of the dynamics.",
+            ConvergenceWarning,
+        )
+    return state
+
+
+def _warn_linear_system(name, max_iter, tol):
+    warnings.warn(
+        f"The {name} for the implicit hypergradient did not reach tol={tol} in "
+        f"{max_iter} iterations; increase max_iter.",
+        ConvergenceWarning,
+    )
+
+
+def implicit_cg(
+    params, hparams, T, dynamics, outer_loss, *, tol=1e-8, max_iter=100, cg_tol=1e-10
+):
+    """Implicit hypergradient by conjugate gradient on the inner Hessian (HOAG).
+
+    At the inner solution w*, ``dw*/dlambda = -H^{-1} d^2 L / dw dlambda`` with
+    ``H`` the Hessian of the inner loss in w, so the hypergradient is
+    ``dE/dlambda - (d^2 L / dlambda dw)^T v`` where ``H v = dE/dw``. The system is
+    solved by conjugate gradient with Hessian-vector products (double
+    back-propagation through one gradient evaluation). ``H`` must be positive
+    definite at w* (strongly convex inner problems: ridge, L2-regularized
+    logistic regression).
+
+    Parameters
+    ----------
+    params, hparams, T, dynamics, outer_loss
+        As in :func:`~skbilevel.hypergrad.reverse`; the ``T`` steps of
+        ``dynamics`` are only used to solve the inner problem.
+    tol : float, default=1e-8
+        Gradient-norm tolerance of the inner solve.
+    max_iter : int, default=100
+        Maximum number of conjugate-gradient iterations.
+    cg_tol : float, default=1e-10
+        Relative residual tolerance of conjugate gradient.
+
+    Returns
+    -------
+    result : Hypergradient
+        E(w*, lambda), the implicit hypergradient, and w*.
+
+    References
+    ----------
+    .. [1] F. Pedregosa, "Hyperparameter optimization with approximate
+       gradient", ICML 2016.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skbilevel.hypergrad import gradient_descent, implicit_cg
+    >>> inner = lambda w, h: 0.5 * ((w["x"] - h["c"]) ** 2).sum()
+    >>> outer = lambda w, h: 0.5 * ((w["x"] - 2.0) ** 2).sum()
+    >>> dyn = gradient_descent(inner, learning_rate=0.5)
+    >>> res = implicit_cg({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100, dyn, outer)
+    >>> res.grad["c"]
+    tensor([-1.])
+    """
+    hparams = _leaves(hparams)
+    w = _leaves(_solve_inner(params, hparams, T, dynamics, tol)[0])
+    value = _check_finite(outer_loss(w, hparams), T)
+    direct_w = list(_grad(value, w, retain_graph=True).values())
+    direct_h = _grad(value, hparams)
+    inner_grad = list(
+        _grad(dynamics.inner_loss(w, hparams), w, create_graph=True).values()
+    )
+
+    def hessian_vector(v):
+        return list(_grad(inner_grad, w, grad_outputs=v, retain_graph=True).values())
+
+    v, converged = _conjugate_gradient(hessian_vector, direct_w, max_iter, cg_tol)
+    if not converged:
+        _warn_linear_system("conjugate gradient", max_iter, cg_tol)
+    mixed = _grad(inner_grad, hparams, grad_outputs=v)
+    grad = {name: direct_h[name] - mixed[name] for name in hparams}
+    return Hypergradient(value.detach(), grad, _detached(w))
+
+
+def implicit_fixed_point(
+    params, hparams, T, dynamics, outer_loss, *, tol=1e-8, max_iter=100, fp_tol=1e-10
+):
+    """Implicit hypergradient by fixed-point (Neumann series) iteration.
+
+    The inner solution is a fixed point s* = Phi(s*, lambda) of the dynamics'
+    own one-step map (state s: parameters and optimizer memory). The adjoint
+    ``a = (dPhi/ds)^T a + dE/ds`` is solved by iterating it, which sums the
+    Neumann series of ``(I - dPhi/ds)^{-T}``; the hypergradient is
+    ``dE/dlambda + (dPhi/dlambda)^T a``. It needs no symmetry (unlike
+    :func:`implicit_cg`), only a contractive map at s*, which gradient descent
+    and heavy ball are wherever they converge; it does not apply to Adam, whose
+    step changes with t.
+
+    Parameters
+    ----------
+    params, hparams, T, dynamics, outer_loss
+        As in :func:`~skbilevel.hypergrad.reverse`.
+    tol : float, default=1e-8
+        Gradient-norm tolerance of the inner solve.
+    max_iter : int, default=100
+        Maximum number of fixed-point iterations.
+    fp_tol : float, default=1e-10
+        Relative change of the adjoint at which the iteration stops.
+
+    Returns
+    -------
+    result : Hypergradient
+        E(w*, lambda), the implicit hypergradient, and w*.
+
+    References
+    ----------
+    .. [1] R. Grazzi, L. Franceschi, M. Pontil and S. Salzo, "On the Iteration
+       Complexity of Hypergradient Computation", ICML 2020.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skbilevel.hypergrad import gradient_descent, implicit_fixed_point
+    >>> inner = lambda w, h: 0.5 * ((w["x"] - h["c"]) ** 2).sum()
+    >>> outer = lambda w, h: 0.5 * ((w["x"] - 2.0) ** 2).sum()
+    >>> dyn = gradient_descent(inner, learning_rate=0.5)
+    >>> res = implicit_fixed_point({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100,
+    ...                            dyn, outer)
+    >>> res.grad["c"]
+    tensor([-1.])
+    """
+    hparams = _leaves(hparams)
+    state = tuple(_leaves(part) for part in _solve_inner(params, hparams, T, dynamics, tol))
+    flat_state = [tensor for part in state for tensor in part.values()]
+    # A time-invariant map is evaluated at the last step index (some
+    # schedules are only defined for t < T).
+    mapped = dynamics.step(state, hparams, max(T - 1, 0))
+    flat_mapped = [tensor for part in mapped for tensor in part.values()]
+    value = _check_finite(outer_loss(state[0], hparams), T)
+    direct_w = list(_grad(value, state[0], retain_graph=True).values())
+    direct_s = direct_w + [torch.zeros_like(s) for s in flat_state[len(direct_w) :]]
+    direct_h = _grad(value, hparams)
+    inputs = dict(enumerate(flat_state))
+    adjoint, converged = direct_s, False
+    for _ in range(max_iter):
+        pulled = _grad(flat_mapped, inputs, grad_outputs=adjoint, retain_graph=True)
+        new = [p + d for p, d in zip(pulled.values(), direct_s)]
+        change = _norm([n - a for n, a in zip(new, adjoint)])
+        adjoint = new
+        if change <= fp_tol * _norm(adjoint):
+            converged = True
+            break
+    if not converged:
+        _warn_linear_system("fixed-point iteration", max_iter, fp_tol)
+    mixed = _grad(flat_mapped, hparams, grad_outputs=adjoint)
+    grad = {name: direct_h[name] + mixed[name] for name in hparams}
+    return Hypergradient(value.detach(), grad, _detached(state[0]))
