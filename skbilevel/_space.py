@@ -60,7 +60,9 @@ class _Bounded:
 
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
-        return f"{type(self).__name__}({self.low!r}, {self.high!r}{init}, log={self.log})"
+        return (
+            f"{type(self).__name__}({self.low!r}, {self.high!r}{init}, log={self.log})"
+        )
 
     def __eq__(self, other):
         return type(self) is type(other) and vars(self) == vars(other)
@@ -186,7 +188,9 @@ class SampleWeight:
 
     def initial(self, shape, *, dtype=torch.float64, device="cpu"):
         """The initial weights, one per example, projected onto the budget."""
-        return self.project(torch.full(shape, float(self.init), dtype=dtype, device=device))
+        return self.project(
+            torch.full(shape, float(self.init), dtype=dtype, device=device)
+        )
 
     def to_unconstrained(self, value):
         """The weights themselves (the box is handled by projection)."""

@@ -13,7 +13,7 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
-from ._dynamics import Params, gradient_norm, unroll
+from ._dynamics import gradient_norm, unroll
 from ._methods import Hypergradient, _check_finite, _detached, _grad, _leaves
 
 
@@ -58,6 +58,7 @@ def _solve_inner(params, hparams, T, dynamics, tol):
             "implicit hypergradient is only as accurate as the inner solution. "
             "Increase T or the learning rate of the dynamics.",
             ConvergenceWarning,
+            stacklevel=3,
         )
     return state
 
@@ -67,6 +68,7 @@ def _warn_linear_system(name, max_iter, tol):
         f"The {name} for the implicit hypergradient did not reach tol={tol} in "
         f"{max_iter} iterations; increase max_iter.",
         ConvergenceWarning,
+        stacklevel=3,
     )
 
 
@@ -184,7 +186,9 @@ def implicit_fixed_point(
     tensor([-1.])
     """
     hparams = _leaves(hparams)
-    state = tuple(_leaves(part) for part in _solve_inner(params, hparams, T, dynamics, tol))
+    state = tuple(
+        _leaves(part) for part in _solve_inner(params, hparams, T, dynamics, tol)
+    )
     flat_state = [tensor for part in state for tensor in part.values()]
     # A time-invariant map is evaluated at the last step index (some
     # schedules are only defined for t < T).

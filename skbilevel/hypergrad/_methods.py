@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ._dynamics import Params, gradient_norm, unroll
+from ._dynamics import Params, unroll
 
 
 class Hypergradient(NamedTuple):
@@ -72,8 +72,9 @@ def _check_finite(value: Tensor, T: int) -> Tensor:
     """Refuse a NaN or infinite outer loss: the inner dynamics diverged."""
     if not torch.isfinite(value):
         raise FloatingPointError(
-            f"The outer loss is {float(value)} after {T} inner steps: the inner "
-            "dynamics diverged. Lower the learning rate or the number of steps."
+            f"The outer loss is {float(value.detach())} after {T} inner steps: "
+            "the inner dynamics diverged. Lower the learning rate or the number "
+            "of steps."
         )
     return value
 
@@ -232,10 +233,13 @@ def forward(params, hparams, T, dynamics, outer_loss, *, chunk_size=None):
         return value, derivative, w_T
 
     basis = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
-    values, derivatives, w_T = torch.func.vmap(
-        directional, chunk_size=chunk_size, out_dims=(None, 0, None)
-    )(basis)
-    _check_finite(values, T)
+    # Every direction returns the same primal value and w_T; out_dims=None
+    # would drop the copies but breaks with chunk_size (torch 2.13).
+    values, derivatives, w_T = torch.func.vmap(directional, chunk_size=chunk_size)(
+        basis
+    )
+    values = _check_finite(values[0], T)
+    w_T = {name: value[0] for name, value in w_T.items()}
     # Tangents of Python-scalar constants come back in float64; keep lambda's dtype.
     pieces = torch.split(derivatives.detach().to(flat.dtype), sizes)
     grad = {n: p.reshape(s) for n, p, s in zip(names, pieces, shapes)}

@@ -81,9 +81,7 @@ def resolve_dtype(dtype):
     """
     key = dtype.type if isinstance(dtype, np.dtype) else dtype
     if key not in _DTYPES:
-        raise ValueError(
-            f"dtype must be one of 'float32' or 'float64'; got {dtype!r}."
-        )
+        raise ValueError(f"dtype must be one of 'float32' or 'float64'; got {dtype!r}.")
     return _DTYPES[key]
 
 
