@@ -1,0 +1,62 @@
+"""The numpy <-> torch boundary helpers."""
+
+import numpy as np
+import pytest
+import torch
+
+from skbilevel.utils import (
+    resolve_device,
+    resolve_dtype,
+    to_numpy,
+    to_tensor,
+    torch_generator,
+)
+
+
+def test_resolve_device():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("not-a-device")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_request_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    "dtype, expected",
+    [
+        ("float32", torch.float32),
+        (np.float64, torch.float64),
+        (np.dtype("float32"), torch.float32),
+        (torch.float64, torch.float64),
+    ],
+)
+def test_resolve_dtype(dtype, expected):
+    assert resolve_dtype(dtype) is expected
+
+
+def test_resolve_dtype_rejects_others():
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("float16")
+
+
+def test_round_trip_keeps_values_and_label_dtype():
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    tensor = to_tensor(X, dtype="float64")
+    assert tensor.dtype == torch.float64
+    np.testing.assert_array_equal(to_numpy(tensor), X)
+    assert to_tensor(np.array([2, 0, 1])).dtype == torch.int64
+    as_dict = to_numpy({"a": torch.ones(2, requires_grad=True)})
+    np.testing.assert_array_equal(as_dict["a"], np.ones(2, dtype=np.float32))
+
+
+def test_torch_generator_is_reproducible_from_random_state():
+    draw = lambda state: torch.rand(3, generator=torch_generator(state))  # noqa: E731
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
+    assert torch.equal(draw(np.random.RandomState(0)), draw(np.random.RandomState(0)))
