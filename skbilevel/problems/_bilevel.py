@@ -1,0 +1,297 @@
+"""One hypergradient run: fold data, the outer loop and its history.
+
+The outer variable is the unconstrained tensor ``u`` of each hyperparameter
+spec (:mod:`skbilevel._space`); the engine differentiates with respect to it,
+and the losses see ``spec.transform(u)``. Box-constrained spaces are optimized
+by L-BFGS-B on ``u`` (few outer steps, each an inner solve warm-started from
+the previous one); a sample-weight budget needs its own projection, so it is
+optimized by projected Adam.
+"""
+
+import time
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse as sp
+import torch
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+from sklearn.utils import _safe_indexing, assert_all_finite, check_array
+
+from ..hypergrad import METHODS, gradient_descent
+from ..utils import to_numpy, to_tensor
+from . import make_problem
+
+_IMPLICIT = ("implicit_cg", "implicit_fixed_point")
+
+
+def _dense(X):
+    """Validated float64 features; the inner problems are dense tensors."""
+    X = check_array(X, accept_sparse="csr", dtype=np.float64)
+    return X.toarray() if sp.issparse(X) else X
+
+
+def fold_data(estimator, X, y, splits, sample_weight, device, dtype):
+    """The final estimator and the :class:`FoldData` of the K folds.
+
+    The earlier steps of a Pipeline are fitted on each fold's training part and
+    transform all samples, giving one feature matrix per fold.
+    """
+    from ._base import FoldData
+
+    y = np.array(y)
+    if y.dtype.kind in "fc":
+        assert_all_finite(y, input_name="y")
+    n = len(y)
+    if isinstance(estimator, Pipeline):
+        final = estimator.steps[-1][1]
+        features = np.stack(
+            [
+                _dense(
+                    clone(estimator[:-1])
+                    .fit(_safe_indexing(X, train), _safe_indexing(y, train))
+                    .transform(X)
+                )
+                for train, _ in splits
+            ]
+        )
+    else:
+        final = estimator
+        features = _dense(X)
+    train = np.zeros((len(splits), n))
+    test = np.zeros((len(splits), n))
+    for k, (train_idx, test_idx) in enumerate(splits):
+        train[k, train_idx] = 1.0
+        test[k, test_idx] = 1.0
+    weights = np.ones(n) if sample_weight is None else np.array(sample_weight, float)
+    # torch warns on read-only arrays (memory maps); it never writes, but copy.
+    features = np.require(features, requirements="W")
+    data = FoldData(
+        to_tensor(features, device=device, dtype=dtype),
+        y,
+        to_tensor(train, device=device, dtype=dtype),
+        to_tensor(test, device=device, dtype=dtype),
+        to_tensor(weights, device=device, dtype=dtype),
+    )
+    return final, data
+
+
+def _kind(spec):
+    name = type(spec).__name__
+    return {"PerFeature": "per_feature", "SampleWeight": "sample_weight"}.get(
+        name, "real"
+    )
+
+
+def _shape(kind, data):
+    return {
+        "real": (),
+        "per_feature": (data.X.shape[-1],),
+        "sample_weight": (data.train.shape[1],),
+    }[kind]
+
+
+def _bounds(spec, u):
+    """Lower and upper bounds of ``u`` (the projection of -inf and +inf)."""
+    infinite = torch.tensor([-np.inf, np.inf], dtype=u.dtype)
+    low, high = spec.project(infinite).tolist()
+    return low, high
+
+
+def _initial(spec, shape, data, restart, rng):
+    u = spec.initial(shape, dtype=data.X.dtype, device=data.X.device)
+    if restart == 0:
+        return u
+    if _kind(spec) == "sample_weight":
+        draw = rng.uniform(0.0, 1.0, size=shape)
+    else:
+        draw = rng.uniform(*_bounds(spec, u), size=shape)
+    return spec.project(torch.as_tensor(draw, dtype=u.dtype).to(u.device))
+
+
+def _largest_curvature(inner_loss, params, hparams, n_iter=20):
+    """Largest eigenvalue of the inner Hessian at ``params`` (power iteration)."""
+    vector = {k: torch.ones_like(v) for k, v in params.items()}
+    value = torch.ones(())
+    for _ in range(n_iter):
+        product = torch.func.jvp(
+            lambda w: torch.func.grad(inner_loss)(w, hparams), (params,), (vector,)
+        )[1]
+        value = torch.sqrt(sum((p**2).sum() for p in product.values()))
+        vector = {k: p / value for k, p in product.items()}
+    return float(value)
+
+
+class _Objective:
+    """The outer objective of one run, with warm-started inner parameters."""
+
+    def __init__(self, problem, specs, settings):
+        self.problem = problem
+        self.specs = specs
+        self.settings = settings
+        self.params = problem.init_params()
+        self.history = []
+        self.start = time.perf_counter()
+
+    def constrained(self, u):
+        return {name: spec.transform(u[name]) for name, spec in self.specs.items()}
+
+    def inner_loss(self, params, u):
+        return self.problem.inner_loss(params, self.constrained(u))
+
+    def outer_loss(self, params, u):
+        return self.problem.outer_loss(params, self.constrained(u))
+
+    def __call__(self, u):
+        """Outer loss and hypergradient at ``u``; records one history entry."""
+        method = self.settings["method"]
+        options = dict(self.settings["method_params"])
+        if method in _IMPLICIT:
+            self.params = self.problem.solve(self.params, self.constrained(u))
+            steps = 0
+        else:
+            steps = self.settings["inner_steps"]
+        rate = 1.0
+        if method != "implicit_cg":
+            # Gradient descent converges for steps below 2 / L.
+            rate = 1.0 / _largest_curvature(self.inner_loss, self.params, u)
+        dynamics = gradient_descent(self.inner_loss, rate)
+        result = METHODS[method](
+            self.params, u, steps, dynamics, self.outer_loss, **options
+        )
+        self.params = result.params
+        norm = float(torch.sqrt(sum((g**2).sum() for g in result.grad.values())))
+        self.history.append(
+            {
+                "step": len(self.history),
+                "params": to_numpy(self.constrained(u)),
+                "outer_loss": float(result.outer_loss),
+                "hypergradient_norm": norm,
+                "time": time.perf_counter() - self.start,
+            }
+        )
+        return result
+
+
+def _flatten(u):
+    return np.concatenate([to_numpy(v).ravel() for v in u.values()])
+
+
+def _unflatten(x, like):
+    u, start = {}, 0
+    for name, value in like.items():
+        size = value.numel()
+        piece = torch.as_tensor(x[start : start + size], dtype=value.dtype)
+        u[name] = piece.reshape(value.shape).to(value.device)
+        start += size
+    return u
+
+
+def _lbfgs(objective, u0, settings):
+    """Outer L-BFGS-B on the box of the unconstrained variables."""
+    bounds = []
+    for name, value in u0.items():
+        bounds.extend([_bounds(objective.specs[name], value)] * value.numel())
+
+    def fun(x):
+        result = objective(_unflatten(x, u0))
+        return float(result.outer_loss), _flatten(result.grad).astype(np.float64)
+
+    solution = scipy.optimize.minimize(
+        fun,
+        _flatten(u0).astype(np.float64),
+        jac=True,
+        method="L-BFGS-B",
+        bounds=bounds,
+        options={
+            "maxiter": settings["max_iter"],
+            "maxfun": settings["max_iter"],
+            "ftol": settings["tol"],
+            "gtol": settings["tol"],
+        },
+    )
+    return _unflatten(solution.x, u0)
+
+
+def _adam(objective, u0, settings, betas=(0.9, 0.999), eps=1e-8):
+    """Outer projected Adam: a step in u, then each spec's projection."""
+    u = dict(u0)
+    first = {k: torch.zeros_like(v) for k, v in u.items()}
+    second = {k: torch.zeros_like(v) for k, v in u.items()}
+    rate = settings["outer_learning_rate"]
+    for t in range(1, settings["max_iter"] + 1):
+        grad = objective(u).grad
+        change = 0.0
+        for name, value in u.items():
+            first[name] = betas[0] * first[name] + (1 - betas[0]) * grad[name]
+            second[name] = betas[1] * second[name] + (1 - betas[1]) * grad[name] ** 2
+            step = (first[name] / (1 - betas[0] ** t)) / (
+                torch.sqrt(second[name] / (1 - betas[1] ** t)) + eps
+            )
+            new = objective.specs[name].project(value - rate * step)
+            change = max(change, float((new - value).abs().max()))
+            u[name] = new
+        if change <= settings["tol"]:
+            break
+    return u
+
+
+def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed):
+    """One hypergradient run over the continuous entries of ``space``.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        The estimator (or Pipeline) with the discrete settings of this run.
+    space : dict of str to spec
+        Continuous entries: user key (``"step__param"`` or ``"sample_weight"``)
+        to a :class:`~skbilevel.Real`, :class:`~skbilevel.PerFeature` or
+        :class:`~skbilevel.SampleWeight`.
+    X, y : array-like
+        All the training data.
+    splits : list of (train, test) index arrays
+        The cross-validation folds.
+    sample_weight : array-like or None
+        Fixed weights given to ``fit``.
+    settings : dict
+        The bilevel settings of the search.
+    restart : int
+        Restart number; 0 starts from each spec's initial value, the others
+        from a random point drawn with ``seed``.
+    seed : int
+        Seed of this run.
+
+    Returns
+    -------
+    learned : dict
+        User key to learned value (float, or ndarray for PerFeature and
+        SampleWeight).
+    history : list of dict
+        One entry per outer step.
+    """
+    final, data = fold_data(
+        estimator, X, y, splits, sample_weight, settings["device"], settings["dtype"]
+    )
+    names = {key: key.rsplit("__", 1)[-1] for key in space}
+    specs = {names[key]: spec for key, spec in space.items()}
+    kinds = {name: _kind(spec) for name, spec in specs.items()}
+    problem = make_problem(final, data, kinds, settings["inner_options"])
+    rng = np.random.RandomState(seed)
+    u0 = {
+        name: _initial(spec, _shape(kinds[name], data), data, restart, rng)
+        for name, spec in specs.items()
+    }
+    objective = _Objective(problem, specs, settings)
+    budget = any(getattr(spec, "budget", None) is not None for spec in specs.values())
+    if settings["outer_optimizer"] == "adam" or budget:
+        u = _adam(objective, u0, settings)
+    else:
+        u = _lbfgs(objective, u0, settings)
+    values = to_numpy(objective.constrained(u))
+    learned = {
+        key: float(values[names[key]])
+        if kinds[names[key]] == "real"
+        else values[names[key]]
+        for key in space
+    }
+    return learned, objective.history

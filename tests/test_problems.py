@@ -1,0 +1,253 @@
+"""The inner problems against scikit-learn's own solvers and finite differences."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification, make_regression
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import (
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+    SGDRegressor,
+)
+from sklearn.model_selection import KFold, StratifiedKFold
+from sklearn.svm import SVC
+
+from skbilevel.problems import feature_scale, make_problem
+from skbilevel.problems._bilevel import fold_data
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The tiny problems here run fastest, and time steadily on a shared
+    # machine, on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+OPTIONS = {"tol": 1e-10, "max_iter": 500}
+
+
+def _regression(n_targets=1):
+    X, y = make_regression(
+        n_samples=60, n_features=5, n_targets=n_targets, noise=5.0, random_state=0
+    )
+    return X, y
+
+
+def _classification(n_classes=2):
+    X, y = make_classification(
+        n_samples=90,
+        n_features=5,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=n_classes,
+        random_state=0,
+    )
+    return X, y
+
+
+def _solve(estimator, X, y, hparams=None, sample_weight=None, classifier=False):
+    cv = StratifiedKFold(3) if classifier else KFold(3)
+    splits = list(cv.split(X, y))
+    final, data = fold_data(estimator, X, y, splits, sample_weight, "cpu", "float64")
+    hparams = {
+        k: torch.as_tensor(v, dtype=torch.float64) for k, v in (hparams or {}).items()
+    }
+    kinds = {name: "real" for name in hparams}
+    problem = make_problem(final, data, kinds, OPTIONS)
+    params = problem.solve(problem.init_params(), hparams)
+    return problem, params, hparams, splits
+
+
+def _check_folds(estimator, X, y, attributes, splits, sample_weight=None, rtol=1e-5):
+    for fold, (train, _) in zip(attributes, splits):
+        fit_params = {}
+        if sample_weight is not None:
+            fit_params["sample_weight"] = sample_weight[train]
+        fitted = estimator.fit(X[train], y[train], **fit_params)
+        for name, value in fold.items():
+            np.testing.assert_allclose(
+                value, getattr(fitted, name), rtol=rtol, atol=rtol * 1e-2
+            )
+
+
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("n_targets", [1, 2])
+def test_ridge_matches_scikit_learn(fit_intercept, n_targets):
+    X, y = _regression(n_targets)
+    weights = np.random.RandomState(0).uniform(0.5, 2.0, size=len(y))
+    estimator = Ridge(alpha=3.0, fit_intercept=fit_intercept)
+    problem, params, _, splits = _solve(estimator, X, y, sample_weight=weights)
+    attributes = problem.fitted_attributes(params)
+    _check_folds(estimator, X, y, attributes, splits, weights)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_ridge_classifier_matches_scikit_learn(n_classes):
+    X, y = _classification(n_classes)
+    estimator = RidgeClassifier(alpha=2.0, class_weight={0: 2.0, 1: 1.0, 2: 0.5})
+    problem, params, _, splits = _solve(estimator, X, y, classifier=True)
+    _check_folds(estimator, X, y, problem.fitted_attributes(params), splits)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("fit_intercept", [True, False])
+@pytest.mark.parametrize("class_weight", [None, "balanced"])
+def test_logistic_regression_matches_scikit_learn(
+    n_classes, fit_intercept, class_weight
+):
+    X, y = _classification(n_classes)
+    estimator = LogisticRegression(
+        C=0.7,
+        fit_intercept=fit_intercept,
+        class_weight=class_weight,
+        tol=1e-12,
+        max_iter=10_000,
+    )
+    weights = np.random.RandomState(1).uniform(0.5, 2.0, size=len(y))
+    problem, params, _, splits = _solve(
+        estimator, X, y, {"C": 0.7}, sample_weight=weights, classifier=True
+    )
+    _check_folds(estimator, X, y, problem.fitted_attributes(params), splits, weights)
+
+
+@pytest.mark.parametrize("kernel", ["linear", "rbf", "laplacian"])
+def test_kernel_ridge_matches_scikit_learn(kernel):
+    X, y = _regression()
+    X = X / X.std(axis=0)
+    weights = np.random.RandomState(2).uniform(0.5, 2.0, size=len(y))
+    estimator = KernelRidge(alpha=0.5, kernel=kernel, gamma=0.3)
+    problem, params, _, splits = _solve(estimator, X, y, sample_weight=weights)
+    _check_folds(estimator, X, y, problem.fitted_attributes(params), splits, weights)
+
+
+def test_sgd_regressor_approaches_the_minimizer():
+    X, y = _regression()
+    X, y = X / X.std(axis=0), (y - y.mean()) / y.std()
+    estimator = SGDRegressor(
+        alpha=0.05,
+        loss="huber",
+        epsilon=0.5,
+        max_iter=20_000,
+        tol=None,
+        learning_rate="invscaling",
+        eta0=0.01,
+        average=True,
+        random_state=0,
+    )
+    problem, params, _, splits = _solve(estimator, X, y)
+    _check_folds(
+        estimator, X, y, problem.fitted_attributes(params)[:1], splits, rtol=0.05
+    )
+
+
+@pytest.mark.parametrize("loss", ["log_loss", "modified_huber", "squared_hinge"])
+def test_sgd_classifier_approaches_the_minimizer(loss):
+    X, y = _classification(2)
+    X = X / X.std(axis=0)
+    estimator = SGDClassifier(
+        alpha=0.1,
+        loss=loss,
+        max_iter=20_000,
+        tol=None,
+        learning_rate="invscaling",
+        eta0=0.05,
+        average=True,
+        random_state=0,
+    )
+    problem, params, _, splits = _solve(estimator, X, y, classifier=True)
+    fold = problem.fitted_attributes(params)[0]
+    train = splits[0][0]
+    fitted = estimator.fit(X[train], y[train])
+    np.testing.assert_allclose(fold["coef_"], fitted.coef_, rtol=0.05, atol=0.01)
+
+
+@pytest.mark.parametrize(
+    "estimator, name, value, classifier",
+    [
+        (LogisticRegression(), "C", 0.5, True),
+        (Ridge(), "alpha", 2.0, False),
+        (KernelRidge(kernel="rbf"), "gamma", 0.2, False),
+        (SGDClassifier(loss="log_loss"), "alpha", 0.1, True),
+    ],
+)
+def test_hypergradient_matches_finite_differences(estimator, name, value, classifier):
+    from skbilevel.hypergrad import gradient_descent, implicit_cg
+
+    X, y = _classification() if classifier else _regression()
+    X = X / X.std(axis=0)
+    problem, params, hparams, _ = _solve(
+        estimator, X, y, {name: value}, classifier=classifier
+    )
+
+    def validation(v):
+        h = {name: torch.as_tensor(v, dtype=torch.float64)}
+        return float(problem.outer_loss(problem.solve(params, h), h))
+
+    dynamics = gradient_descent(problem.inner_loss, 1.0)
+    result = implicit_cg(params, hparams, 0, dynamics, problem.outer_loss)
+    # Central differences: O(step^2) truncation, inner-solve error / step.
+    step = 1e-3 * value
+    expected = (validation(value + step) - validation(value - step)) / (2 * step)
+    np.testing.assert_allclose(float(result.grad[name]), expected, rtol=1e-3)
+
+
+def test_unsupported_estimator_names_the_supported_ones():
+    X, y = _classification()
+    splits = list(StratifiedKFold(3).split(X, y))
+    final, data = fold_data(SVC(), X, y, splits, None, "cpu", "float64")
+    with pytest.raises(TypeError, match="LogisticRegression.*KernelRidge"):
+        make_problem(final, data, {"C": "real"}, OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "estimator, learned, match",
+    [
+        (LogisticRegression(solver="liblinear"), {"C": "real"}, "liblinear"),
+        (SGDClassifier(), {"alpha": "real"}, "not smooth"),
+        (Ridge(), {"C": "real"}, "'C' cannot be learned"),
+        (KernelRidge(), {"gamma": "real"}, "linear kernel"),
+        (KernelRidge(), {"sample_weight": "sample_weight"}, "SampleWeight"),
+        (
+            LogisticRegression(class_weight="balanced"),
+            {"sample_weight": "sample_weight"},
+            "balanced",
+        ),
+    ],
+)
+def test_unsupported_settings_are_refused(estimator, learned, match):
+    X, y = _classification()
+    splits = list(StratifiedKFold(3).split(X, y))
+    final, data = fold_data(estimator, X, y, splits, None, "cpu", "float64")
+    with pytest.raises(ValueError, match=match):
+        make_problem(final, data, learned, OPTIONS)
+
+
+def test_fold_missing_a_class_is_refused():
+    X, y = _classification()
+    order = np.argsort(y)
+    X, y = X[order], y[order]
+    splits = list(KFold(2).split(X, y))
+    final, data = fold_data(LogisticRegression(), X, y, splits, None, "cpu", "float64")
+    with pytest.raises(ValueError, match="every class"):
+        make_problem(final, data, {"C": "real"}, OPTIONS)
+
+
+def test_feature_scale_expresses_per_feature_penalties():
+    X, y = _regression()
+    alphas = np.array([0.1, 1.0, 10.0, 100.0, 3.0])
+    scale = feature_scale("alpha", alphas)
+    rescaled = Ridge(alpha=1.0).fit(X * scale, y)
+    splits = [(np.arange(len(y)), np.arange(len(y)))]
+    final, data = fold_data(Ridge(), X, y, splits, None, "cpu", "float64")
+    problem = make_problem(final, data, {"alpha": "per_feature"}, OPTIONS)
+    h = {"alpha": torch.as_tensor(alphas)}
+    params = problem.solve(problem.init_params(), h)
+    fold = problem.fitted_attributes(params)[0]
+    np.testing.assert_allclose(fold["coef_"], rescaled.coef_ * scale, rtol=1e-8)
+    assert np.allclose(feature_scale("C", [4.0]), [2.0])

@@ -1,0 +1,342 @@
+"""BilevelSearchCV: exactness, parity with GridSearchCV, the scikit-learn contract."""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.datasets import make_classification, make_regression
+from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.metrics import mean_squared_error
+from sklearn.model_selection import (
+    GridSearchCV,
+    GroupKFold,
+    KFold,
+    PredefinedSplit,
+    StratifiedKFold,
+    cross_val_score,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeRegressor
+
+from skbilevel import PerFeature, Real, SampleWeight
+from skbilevel._search import BilevelSearchCV
+from skbilevel.datasets import flip_labels
+from skbilevel.problems import make_problem
+from skbilevel.problems._bilevel import fold_data
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    # The tiny problems here run fastest, and time steadily on a shared
+    # machine, on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def classification():
+    X, y = make_classification(
+        n_samples=120, n_features=6, n_informative=4, random_state=0
+    )
+    return StandardScaler().fit_transform(X), y
+
+
+@pytest.fixture(scope="module")
+def regression():
+    X, y = make_regression(
+        n_samples=80, n_features=12, n_informative=6, noise=30.0, random_state=0
+    )
+    return X, y
+
+
+def _assert_same_results(ours, theirs):
+    assert set(ours) == set(theirs)
+    for key in theirs:
+        if "time" in key:
+            continue
+        if key == "params":
+            assert ours[key] == theirs[key]
+        elif isinstance(theirs[key], np.ma.MaskedArray):
+            np.testing.assert_array_equal(ours[key].mask, theirs[key].mask)
+            assert list(ours[key].compressed()) == list(theirs[key].compressed())
+        else:
+            np.testing.assert_array_equal(
+                np.asarray(ours[key]), np.asarray(theirs[key])
+            )
+
+
+@pytest.mark.parametrize(
+    "estimator, grid, cv, kwargs",
+    [
+        (SVC(), {"C": [0.1, 1.0, 10.0], "kernel": ["linear", "rbf"]}, 3, {}),
+        (
+            DecisionTreeRegressor(random_state=0),
+            [{"max_depth": [1, 2, 3]}, {"min_samples_leaf": [5, 10]}],
+            KFold(4, shuffle=True, random_state=0),
+            {"return_train_score": True},
+        ),
+        (
+            LogisticRegression(),
+            {"C": [0.01, 1.0]},
+            StratifiedKFold(3),
+            {"scoring": {"acc": "accuracy", "ll": "neg_log_loss"}, "refit": "ll"},
+        ),
+    ],
+)
+def test_discrete_space_is_grid_search(classification, estimator, grid, cv, kwargs):
+    X, y = classification
+    if isinstance(estimator, DecisionTreeRegressor):
+        y = X[:, 0] + 0.1 * y
+    ours = BilevelSearchCV(estimator, grid, cv=cv, **kwargs).fit(X, y)
+    theirs = GridSearchCV(estimator, grid, cv=cv, **kwargs).fit(X, y)
+    _assert_same_results(ours.cv_results_, theirs.cv_results_)
+    assert ours.best_index_ == theirs.best_index_
+    assert ours.best_params_ == theirs.best_params_
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    assert ours.history_ == []
+
+
+def test_discrete_space_with_groups_is_grid_search(classification):
+    X, y = classification
+    groups = np.arange(len(y)) % 6
+    grid = {"C": [0.1, 1.0]}
+    ours = BilevelSearchCV(SVC(), grid, cv=GroupKFold(3)).fit(X, y, groups=groups)
+    theirs = GridSearchCV(SVC(), grid, cv=GroupKFold(3)).fit(X, y, groups=groups)
+    _assert_same_results(ours.cv_results_, theirs.cv_results_)
+
+
+def test_ridge_alpha_matches_fine_search_of_validation_error(regression):
+    X, y = regression
+    fold = np.where(np.arange(len(y)) < 50, -1, 0)
+    train, test = fold == -1, fold == 0
+    alphas = np.logspace(-2, 3, 2001)
+    errors = [
+        mean_squared_error(
+            y[test], Ridge(alpha=a).fit(X[train], y[train]).predict(X[test])
+        )
+        for a in alphas
+    ]
+    best = alphas[np.argmin(errors)]
+    assert alphas[5] < best < alphas[-5]
+    search = BilevelSearchCV(
+        Ridge(),
+        {"alpha": Real(1e-2, 1e3)},
+        cv=PredefinedSplit(fold),
+        scoring="neg_mean_squared_error",
+        tol=1e-10,
+    ).fit(X, y)
+    assert abs(search.best_params_["alpha"] / best - 1) < 0.01
+
+
+def test_logistic_c_matches_fine_grid_search():
+    X, y = make_classification(
+        n_samples=120, n_features=20, n_informative=3, flip_y=0.1, random_state=0
+    )
+    X = StandardScaler().fit_transform(X)
+    fold = np.where(np.arange(len(y)) < 80, -1, 0)
+    estimator = LogisticRegression(tol=1e-6)
+    kwargs = {"cv": PredefinedSplit(fold), "scoring": "neg_log_loss"}
+    grid = GridSearchCV(estimator, {"C": np.logspace(-3, 1, 200)}, **kwargs)
+    grid.fit(X, y)
+    # the optimum is inside the grid, not on its border
+    assert 0 < grid.best_index_ < 199
+    search = BilevelSearchCV(
+        estimator, {"C": Real(1e-3, 1e1)}, inner_tol=1e-9, **kwargs
+    ).fit(X, y)
+    assert search.best_score_ >= grid.best_score_ - 1e-4
+
+
+def test_per_feature_refit_predicts_as_the_torch_solution(regression):
+    X, y = regression
+    search = BilevelSearchCV(
+        Ridge(), {"alpha": PerFeature(1e-2, 1e3)}, cv=3, max_iter=5
+    ).fit(X, y)
+    alphas = search.best_params_["alpha"]
+    assert alphas.shape == (X.shape[1],)
+    everything = [(np.arange(len(y)), np.arange(len(y)))]
+    final, data = fold_data(Ridge(), X, y, everything, None, "cpu", "float64")
+    problem = make_problem(
+        final, data, {"alpha": "per_feature"}, {"tol": 1e-10, "max_iter": 10}
+    )
+    params = problem.solve(problem.init_params(), {"alpha": torch.as_tensor(alphas)})
+    fitted = problem.fitted_attributes(params)[0]
+    expected = X @ fitted["coef_"] + fitted["intercept_"]
+    np.testing.assert_allclose(search.best_estimator_.predict(X), expected, rtol=1e-6)
+    assert type(search.best_estimator_).__name__ == "Pipeline"
+
+
+def test_continuous_results_have_grid_search_keys(classification):
+    X, y = classification
+    kwargs = {
+        "cv": 3,
+        "scoring": {"acc": "accuracy", "ll": "neg_log_loss"},
+        "refit": "acc",
+        "return_train_score": True,
+    }
+    space = {"C": Real(1e-2, 1e2), "fit_intercept": [True, False]}
+    search = BilevelSearchCV(LogisticRegression(), space, max_iter=5, **kwargs).fit(
+        X, y
+    )
+    grid = GridSearchCV(
+        LogisticRegression(), {"C": [1.0], "fit_intercept": [True, False]}, **kwargs
+    ).fit(X, y)
+    assert set(search.cv_results_) == set(grid.cv_results_)
+    assert len(search.cv_results_["params"]) == 2
+    assert search.best_params_["fit_intercept"] in (True, False)
+    frame = pd.DataFrame(search.cv_results_)
+    assert frame.shape[0] == 2
+    assert {entry["candidate"] for entry in search.history_} == {0, 1}
+    assert set(search.history_[0]) == {
+        "candidate",
+        "step",
+        "params",
+        "outer_loss",
+        "hypergradient_norm",
+        "time",
+    }
+
+
+def test_refit_callable_and_false(classification):
+    X, y = classification
+    space = {"C": Real(1e-2, 1e2)}
+    search = BilevelSearchCV(
+        LogisticRegression(), space, cv=3, max_iter=3, refit=lambda results: 0
+    ).fit(X, y)
+    assert search.best_index_ == 0
+    search = BilevelSearchCV(LogisticRegression(), space, cv=3, max_iter=3, refit=False)
+    search.fit(X, y)
+    assert not hasattr(search, "best_estimator_")
+
+
+def test_pipeline_routing_clone_pickle_and_nested_cv(classification):
+    X, y = classification
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    space = {
+        "logisticregression__C": Real(1e-2, 1e2),
+        "standardscaler__with_mean": [True, False],
+    }
+    search = BilevelSearchCV(model, space, cv=3, max_iter=4)
+    assert clone(search).get_params()["param_space"] == space
+    search.fit(X, y)
+    restored = pickle.loads(pickle.dumps(search))
+    np.testing.assert_array_equal(restored.predict_proba(X), search.predict_proba(X))
+    scores = cross_val_score(search, X, y, cv=2)
+    assert scores.shape == (2,) and np.all(scores > 0.6)
+
+
+def test_continuous_search_with_groups(classification):
+    X, y = classification
+    groups = np.arange(len(y)) % 4
+    search = BilevelSearchCV(
+        LogisticRegression(), {"C": 1.0}, cv=GroupKFold(4), max_iter=3
+    ).fit(X, y, groups=groups)
+    assert search.n_splits_ == 4
+
+
+def test_n_jobs_and_restarts_are_reproducible(regression):
+    X, y = regression
+    space = {"alpha": Real(1e-2, 1e3), "fit_intercept": [True, False]}
+    kwargs = {"cv": 2, "n_restarts": 2, "random_state": 0, "max_iter": 3}
+    one = BilevelSearchCV(Ridge(), space, n_jobs=1, **kwargs).fit(X, y)
+    two = BilevelSearchCV(Ridge(), space, n_jobs=2, **kwargs).fit(X, y)
+    assert len(one.cv_results_["params"]) == 4
+    np.testing.assert_allclose(
+        one.cv_results_["mean_test_score"], two.cv_results_["mean_test_score"]
+    )
+
+
+def test_sample_weights_find_flipped_labels():
+    # The setting of data hyper-cleaning: noisy training part, clean validation.
+    X, y = make_classification(
+        n_samples=200,
+        n_features=5,
+        n_informative=4,
+        n_redundant=0,
+        class_sep=1.5,
+        random_state=0,
+    )
+    train = np.arange(len(y)) < 140
+    y_noisy = y.copy()
+    y_noisy[train], flipped = flip_labels(y[train], 0.3, random_state=0)
+    space = {"C": Real(1e-2, 1e2, init=1.0), "sample_weight": SampleWeight()}
+    cv = PredefinedSplit(np.where(train, -1, 0))
+    search = BilevelSearchCV(LogisticRegression(), space, cv=cv, max_iter=10)
+    search.fit(X, y_noisy)
+    weights = search.best_params_["sample_weight"]
+    assert weights.shape == (200,)
+    assert weights[train][flipped].mean() < weights[train][~flipped].mean() - 0.3
+    np.testing.assert_array_equal(weights[~train], 1.0)
+    assert type(search.best_estimator_) is LogisticRegression
+
+
+def test_sample_weight_budget_is_respected(regression):
+    X, y = regression
+    space = {"sample_weight": SampleWeight(budget=0.5)}
+    search = BilevelSearchCV(Ridge(), space, cv=2, max_iter=3).fit(X, y)
+    assert search.best_params_["sample_weight"].sum() <= 0.5 * len(y) + 1e-6
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("implicit_fixed_point", {"max_iter": 2000}),
+        ("reverse", {}),
+        ("forward", {}),
+        ("truncated_reverse", {"K": 60}),
+    ],
+)
+def test_other_hypergradient_methods(regression, method, params):
+    X, y = regression
+    X = StandardScaler().fit_transform(X)
+    kwargs = {"cv": 2, "max_iter": 1}
+    # A strong penalty makes gradient descent converge in few steps, where
+    # every method approaches the implicit hypergradient.
+    space = {"alpha": Real(1e-1, 1e3, init=100.0)}
+    reference = BilevelSearchCV(Ridge(), space, **kwargs).fit(X, y)
+    search = BilevelSearchCV(
+        Ridge(),
+        space,
+        method=method,
+        method_params=params,
+        inner_steps=60,
+        **kwargs,
+    ).fit(X, y)
+    expected = reference.history_[0]["hypergradient_norm"]
+    assert np.isclose(search.history_[0]["hypergradient_norm"], expected, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "estimator, space, error, match",
+    [
+        (SVC(), {"C": Real(0.1, 10)}, TypeError, "supported for: Ridge"),
+        (Ridge(), {"alpha": "big"}, TypeError, "must be a list"),
+        (Ridge(), {"alpha": (1.0, 2.0, 3.0)}, ValueError, "bounds"),
+        (Ridge(), {"alpha": -1.0}, ValueError, "positive"),
+        (Ridge(), {"sample_weight": [1.0]}, ValueError, "SampleWeight"),
+        (Ridge(), {"alpha": PerFeature(0.1, 1), "fit_intercept": [True]}, None, None),
+    ],
+)
+def test_bad_param_space(regression, estimator, space, error, match):
+    X, y = regression
+    search = BilevelSearchCV(estimator, space, cv=2, max_iter=1)
+    if error is None:
+        search.fit(X, y)
+        return
+    with pytest.raises(error, match=match):
+        search.fit(X, y)
+
+
+def test_unsupported_fit_params_are_refused(regression):
+    X, y = regression
+    search = BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2)
+    with pytest.raises(
+        ValueError, match="only the parameters groups and sample_weight"
+    ):
+        search.fit(X, y, check_input=False)
