@@ -48,8 +48,16 @@ def _conjugate_gradient(matvec, b: list[Tensor], max_iter: int, tol: float):
     return x, float(torch.sqrt(rs)) <= threshold
 
 
+def _default_tol(params: dict, tol: float | None) -> float:
+    """``tol``, or the square root of the machine epsilon of the parameters."""
+    if tol is not None:
+        return tol
+    return torch.finfo(next(iter(params.values())).dtype).eps ** 0.5
+
+
 def _solve_inner(params, hparams, T, dynamics, tol):
     """Run the dynamics as a plain solver, warning if ``tol`` was not reached."""
+    tol = _default_tol(params, tol)
     with torch.no_grad():
         state = unroll(dynamics, _detached(params), _detached(hparams), T, tol=tol)
     if T > 0 and gradient_norm(dynamics.inner_loss, state[0], hparams) > tol:
@@ -73,7 +81,7 @@ def _warn_linear_system(name, max_iter, tol):
 
 
 def implicit_cg(
-    params, hparams, T, dynamics, outer_loss, *, tol=1e-8, max_iter=100, cg_tol=1e-10
+    params, hparams, T, dynamics, outer_loss, *, tol=None, max_iter=100, cg_tol=None
 ):
     """Implicit hypergradient by conjugate gradient on the inner Hessian (HOAG).
 
@@ -90,12 +98,15 @@ def implicit_cg(
     params, hparams, T, dynamics, outer_loss
         As in :func:`~skbilevel.hypergrad.reverse`; the ``T`` steps of
         ``dynamics`` are only used to solve the inner problem.
-    tol : float, default=1e-8
-        Gradient-norm tolerance of the inner solve.
+    tol : float, default=None
+        Gradient-norm tolerance of the inner solve; ``None`` means the square
+        root of the machine epsilon of the parameters' dtype (about 1.5e-8 in
+        float64, 3.5e-4 in float32).
     max_iter : int, default=100
         Maximum number of conjugate-gradient iterations.
-    cg_tol : float, default=1e-10
-        Relative residual tolerance of conjugate gradient.
+    cg_tol : float, default=None
+        Relative residual tolerance of conjugate gradient; ``None`` means the
+        square root of the machine epsilon, as for ``tol``.
 
     Returns
     -------
@@ -130,6 +141,7 @@ def implicit_cg(
     def hessian_vector(v):
         return list(_grad(inner_grad, w, grad_outputs=v, retain_graph=True).values())
 
+    cg_tol = _default_tol(w, cg_tol)
     v, converged = _conjugate_gradient(hessian_vector, direct_w, max_iter, cg_tol)
     if not converged:
         _warn_linear_system("conjugate gradient", max_iter, cg_tol)
@@ -139,7 +151,7 @@ def implicit_cg(
 
 
 def implicit_fixed_point(
-    params, hparams, T, dynamics, outer_loss, *, tol=1e-8, max_iter=100, fp_tol=1e-10
+    params, hparams, T, dynamics, outer_loss, *, tol=None, max_iter=100, fp_tol=None
 ):
     """Implicit hypergradient by fixed-point (Neumann series) iteration.
 
@@ -156,12 +168,14 @@ def implicit_fixed_point(
     ----------
     params, hparams, T, dynamics, outer_loss
         As in :func:`~skbilevel.hypergrad.reverse`.
-    tol : float, default=1e-8
-        Gradient-norm tolerance of the inner solve.
+    tol : float, default=None
+        Gradient-norm tolerance of the inner solve; ``None`` means the square
+        root of the machine epsilon of the parameters' dtype.
     max_iter : int, default=100
         Maximum number of fixed-point iterations.
-    fp_tol : float, default=1e-10
-        Relative change of the adjoint at which the iteration stops.
+    fp_tol : float, default=None
+        Relative change of the adjoint at which the iteration stops; ``None``
+        means the square root of the machine epsilon.
 
     Returns
     -------
@@ -199,6 +213,7 @@ def implicit_fixed_point(
     direct_s = direct_w + [torch.zeros_like(s) for s in flat_state[len(direct_w) :]]
     direct_h = _grad(value, hparams)
     inputs = dict(enumerate(flat_state))
+    fp_tol = _default_tol(inputs, fp_tol)
     adjoint, converged = direct_s, False
     for _ in range(max_iter):
         pulled = _grad(flat_mapped, inputs, grad_outputs=adjoint, retain_graph=True)
