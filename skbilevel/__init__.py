@@ -4,8 +4,9 @@ An implementation of "Bilevel Programming for Hyperparameter Optimization and
 Meta-Learning" (Franceschi et al., ICML 2018).
 """
 
+from ._search import BilevelSearchCV
 from ._space import PerFeature, Real, SampleWeight
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["PerFeature", "Real", "SampleWeight", "__version__"]
+__all__ = ["BilevelSearchCV", "PerFeature", "Real", "SampleWeight", "__version__"]
