@@ -232,8 +232,11 @@ def main():
     parser.add_argument(
         "--methods", nargs="+", default=list(METHODS), choices=list(METHODS)
     )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--output", default=str(RESULTS / "bench_hypergradient.md"))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     header = (
         "| T | hyperparameter | n_hparams | method | seconds | x baseline "
         "| peak MB added | note |\n|---|---|---|---|---|---|---|---|"

@@ -37,15 +37,7 @@ def _ridge_data(n_train=40, n_val=30, n_features=5, seed=0):
     return to(X[:n_train]), to(y[:n_train]), to(X[n_train:]), to(y[n_train:])
 
 
-@pytest.fixture(scope="module")
-def ridge():
-    """Ridge with one L2 penalty per feature and one weight per example.
-
-    Inner: 1/(2n) sum_i s_i (x_i w - y_i)^2 + 1/2 sum_j exp(a_j) w_j^2.
-    Outer: 1/(2m) ||X_val w - y_val||^2.
-    """
-    X, y, X_val, y_val = _ridge_data()
-
+def _ridge_losses(X, y, X_val, y_val):
     def inner(w, h):
         residual = X @ w["coef"] - y
         fit = 0.5 * (h["weights"] * residual**2).mean()
@@ -54,6 +46,18 @@ def ridge():
     def outer(w, h):
         return 0.5 * ((X_val @ w["coef"] - y_val) ** 2).mean()
 
+    return inner, outer
+
+
+@pytest.fixture(scope="module")
+def ridge():
+    """Ridge with one L2 penalty per feature and one weight per example.
+
+    Inner: 1/(2n) sum_i s_i (x_i w - y_i)^2 + 1/2 sum_j exp(a_j) w_j^2.
+    Outer: 1/(2m) ||X_val w - y_val||^2.
+    """
+    X, y, X_val, y_val = _ridge_data()
+    inner, outer = _ridge_losses(X, y, X_val, y_val)
     rng = np.random.default_rng(1)
     hparams = {
         "log_alpha": torch.as_tensor(rng.uniform(-2, 0, X.shape[1]), dtype=DTYPE),
@@ -352,3 +356,25 @@ def test_float32_forward_mode_keeps_dtype():
     rev = reverse(w0, h, 10, dynamics, outer)
     assert fwd.grad["log_alpha"].dtype == torch.float32
     torch.testing.assert_close(fwd.grad["log_alpha"], rev.grad["log_alpha"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", [reverse, forward, implicit_cg])
+def test_gpu_matches_cpu(ridge, method):
+    X, y, X_val, y_val, inner, outer, hparams = ridge
+    dynamics = gradient_descent(inner, learning_rate=1.0 / _lipschitz(X))
+    w0 = {"coef": torch.zeros(X.shape[1], dtype=DTYPE)}
+    on_cpu = method(w0, hparams, 200, dynamics, outer)
+
+    cuda = torch.device("cuda")
+    inner_gpu, outer_gpu = _ridge_losses(*(t.to(cuda) for t in (X, y, X_val, y_val)))
+    dynamics = gradient_descent(inner_gpu, learning_rate=1.0 / _lipschitz(X))
+    on_gpu = method(
+        {"coef": w0["coef"].to(cuda)},
+        {k: v.to(cuda) for k, v in hparams.items()},
+        200,
+        dynamics,
+        outer_gpu,
+    )
+    for name in hparams:
+        torch.testing.assert_close(on_gpu.grad[name].cpu(), on_cpu.grad[name])
