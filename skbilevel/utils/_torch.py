@@ -153,7 +153,7 @@ def torch_generator(random_state, device="cpu"):
     Parameters
     ----------
     random_state : int, RandomState instance or None
-        Seed in scikit-learn's sense (see :term:`Glossary <random_state>`);
+        Seed in scikit-learn's sense, as ``random_state`` of its estimators;
         ``None`` draws a fresh seed from numpy's global state.
     device : str or torch.device, default="cpu"
         Device of the generator.
