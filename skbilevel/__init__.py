@@ -6,7 +6,16 @@ Meta-Learning" (Franceschi et al., ICML 2018).
 
 from ._search import BilevelSearchCV
 from ._space import PerFeature, Real, SampleWeight
+from .meta import HyperRepresentationClassifier, few_shot_score
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["BilevelSearchCV", "PerFeature", "Real", "SampleWeight", "__version__"]
+__all__ = [
+    "BilevelSearchCV",
+    "HyperRepresentationClassifier",
+    "PerFeature",
+    "Real",
+    "SampleWeight",
+    "__version__",
+    "few_shot_score",
+]

@@ -12,6 +12,17 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from skbilevel.datasets import sample_episodes
 from skbilevel.meta import HyperRepresentationClassifier, few_shot_score
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on a busy 2-core machine, OpenMP threads only
+    # wait for each other, so every op costs a scheduler slice. Restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 CHEAP = {
     "representation": "mlp",
     "n_way": 3,

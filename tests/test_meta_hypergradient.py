@@ -12,6 +12,16 @@ from skbilevel.meta._heads import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on a busy 2-core machine, OpenMP threads only
+    # wait for each other, so every op costs a scheduler slice. Restored after.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _episodes(seed, n_episodes=3, n_way=3, n_shot=2, n_query=4, n_in=5):
     generator = torch.Generator().manual_seed(seed)
     X = torch.randn(
