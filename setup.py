@@ -40,6 +40,7 @@ setup(
             "matplotlib>=3.6",
             "pandas>=1.5",
         ],
+        "examples": ["matplotlib>=3.6", "pandas>=1.5"],
         "benchmarks": ["pandas>=1.5", "matplotlib>=3.6"],
     },
     classifiers=[
