@@ -51,10 +51,15 @@ def test_sklearn_compatible(estimator, check):
     check(estimator)
 
 
-def test_fit_is_reproducible(blobs, fitted):
-    again = HyperRepresentationClassifier(**CHEAP).fit(*blobs)
-    np.testing.assert_array_equal(again.transform(blobs[0]), fitted.transform(blobs[0]))
-    np.testing.assert_array_equal(again.coef_, fitted.coef_)
+@pytest.mark.parametrize("training", ["bilevel", "joint"])
+def test_fit_is_reproducible_and_leaves_global_rng_alone(blobs, training):
+    params = {**CHEAP, "training": training}
+    state = torch.random.get_rng_state()
+    first = HyperRepresentationClassifier(**params).fit(*blobs)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    again = HyperRepresentationClassifier(**params).fit(*blobs)
+    np.testing.assert_array_equal(again.transform(blobs[0]), first.transform(blobs[0]))
+    np.testing.assert_array_equal(again.coef_, first.coef_)
 
 
 def test_fitted_attributes(blobs, fitted):

@@ -67,8 +67,13 @@ class MetaTrainer:
         params = list(network.parameters())
         if estimator.training == "joint":
             n_features = estimator.n_features_out_
-            self.joint_head = torch.nn.Linear(n_features, len(pools))
-            self.joint_head.to(device=device, dtype=dtype)
+            # A linear softmax layer trains fine from zero; skipping the
+            # random init keeps the global torch RNG out of fit.
+            self.joint_head = torch.nn.utils.skip_init(
+                torch.nn.Linear, n_features, len(pools), device=device, dtype=dtype
+            )
+            torch.nn.init.zeros_(self.joint_head.weight)
+            torch.nn.init.zeros_(self.joint_head.bias)
             params += list(self.joint_head.parameters())
         elif estimator.learn_learning_rate:
             self.log_lr.requires_grad_()
