@@ -126,8 +126,8 @@ def implicit_cg(
     >>> outer = lambda w, h: 0.5 * ((w["x"] - 2.0) ** 2).sum()
     >>> dyn = gradient_descent(inner, learning_rate=0.5)
     >>> res = implicit_cg({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100, dyn, outer)
-    >>> res.grad["c"]
-    tensor([-1.])
+    >>> round(float(res.grad["c"]), 4)
+    -1.0
     """
     hparams = _leaves(hparams)
     w = _leaves(_solve_inner(params, hparams, T, dynamics, tol)[0])
@@ -196,8 +196,8 @@ def implicit_fixed_point(
     >>> dyn = gradient_descent(inner, learning_rate=0.5)
     >>> res = implicit_fixed_point({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100,
     ...                            dyn, outer)
-    >>> res.grad["c"]
-    tensor([-1.])
+    >>> round(float(res.grad["c"]), 3)
+    -1.0
     """
     hparams = _leaves(hparams)
     state = tuple(
