@@ -253,16 +253,16 @@ class BilevelSearchCV(BaseSearchCV):
 
     Examples
     --------
-    >>> from sklearn.datasets import load_breast_cancer
-    >>> from sklearn.linear_model import LogisticRegression
+    >>> from sklearn.datasets import load_diabetes
+    >>> from sklearn.linear_model import Ridge
     >>> from sklearn.pipeline import make_pipeline
     >>> from sklearn.preprocessing import StandardScaler
     >>> from skbilevel import BilevelSearchCV, Real
-    >>> X, y = load_breast_cancer(return_X_y=True)
-    >>> model = make_pipeline(StandardScaler(), LogisticRegression())
-    >>> search = BilevelSearchCV(model, {"logisticregression__C": Real(1e-3, 1e3)},
-    ...                          scoring="neg_log_loss", cv=3).fit(X, y)
-    >>> 0.01 < search.best_params_["logisticregression__C"] < 10
+    >>> X, y = load_diabetes(return_X_y=True)
+    >>> model = make_pipeline(StandardScaler(), Ridge())
+    >>> search = BilevelSearchCV(model, {"ridge__alpha": Real(1e-3, 1e3)}, cv=3)
+    >>> alpha = search.fit(X, y).best_params_["ridge__alpha"]
+    >>> 0.1 < alpha < 100
     True
     >>> search.best_estimator_.predict(X[:2]).shape
     (2,)

@@ -340,3 +340,45 @@ def test_unsupported_fit_params_are_refused(regression):
         ValueError, match="only the parameters groups and sample_weight"
     ):
         search.fit(X, y, check_input=False)
+
+
+def test_kernel_ridge_learns_alpha_and_gamma(regression):
+    from sklearn.kernel_ridge import KernelRidge
+
+    X, y = regression
+    X = StandardScaler().fit_transform(X)
+    space = {"alpha": Real(1e-3, 1e2, init=1.0), "gamma": Real(1e-3, 1.0, init=0.1)}
+    search = BilevelSearchCV(
+        KernelRidge(kernel="rbf"), space, cv=3, max_iter=8, verbose=2
+    ).fit(X, y)
+    losses = [entry["outer_loss"] for entry in search.history_]
+    assert min(losses) < losses[0]
+    assert search.best_estimator_.gamma == search.best_params_["gamma"]
+
+
+def test_verbose_prints_outer_steps(regression, capsys):
+    X, y = regression
+    BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=2, verbose=2).fit(X, y)
+    assert "[BilevelSearchCV] step 0: outer loss" in capsys.readouterr().out
+
+
+def test_per_feature_inside_a_pipeline(classification):
+    X, y = classification
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    space = {"logisticregression__C": PerFeature(1e-2, 1e2, init=1.0)}
+    search = BilevelSearchCV(model, space, cv=3, max_iter=3).fit(X, y)
+    names = [name for name, _ in search.best_estimator_.steps]
+    assert names == ["standardscaler", "feature_scale", "logisticregression"]
+    assert search.best_estimator_[-1].C == 1.0
+    assert search.predict(X).shape == y.shape
+
+
+def test_discrete_and_continuous_subspaces(regression):
+    X, y = regression
+    space = [{"alpha": Real(1e-2, 1e3)}, {"alpha": [0.1, 10.0]}]
+    search = BilevelSearchCV(Ridge(), space, cv=3, max_iter=5).fit(X, y)
+    grid = GridSearchCV(Ridge(), {"alpha": [0.1, 10.0]}, cv=3).fit(X, y)
+    np.testing.assert_allclose(
+        search.cv_results_["mean_test_score"][1:], grid.cv_results_["mean_test_score"]
+    )
+    assert list(search.n_iter_[1:]) == [0, 0] and search.n_iter_[0] >= 1

@@ -20,14 +20,7 @@ def one_torch_thread():
 
 
 def _expected_failures(estimator):
-    if isinstance(estimator.estimator, LogisticRegression):
-        return {
-            "check_non_transformer_estimators_n_iter": (
-                "LogisticRegression itself does not converge on this check's "
-                "unscaled data; its ConvergenceWarning is an error under the "
-                "test configuration (GridSearchCV skips the check: no max_iter)."
-            )
-        }
+    # No check is expected to fail.
     return {}
 
 

@@ -114,6 +114,23 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     -------
     problem : Problem
         The adapter's problem.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import torch
+    >>> from sklearn.linear_model import Ridge
+    >>> from skbilevel.problems import make_problem
+    >>> from skbilevel.problems._bilevel import fold_data
+    >>> X, y = np.eye(4), np.array([1.0, 2.0, 3.0, 4.0])
+    >>> splits = [(np.array([0, 1, 2]), np.array([3]))]
+    >>> estimator, data = fold_data(Ridge(), X, y, splits, None, "cpu", "float64")
+    >>> options = {"tol": 1e-8, "max_iter": 100}
+    >>> problem = make_problem(estimator, data, {"alpha": "real"}, options)
+    >>> hparams = {"alpha": torch.tensor(1.0, dtype=torch.float64)}
+    >>> params = problem.solve(problem.init_params(), hparams)
+    >>> problem.fitted_attributes(params)[0]["coef_"].shape
+    (4,)
     """
     adapter, scalars, per_feature, weights = _lookup(estimator)
     name = type(estimator).__name__
@@ -142,6 +159,12 @@ def feature_scale(name, values):
     A weight ``w_j`` on feature ``s_j x_j`` costs ``w_j^2 / s_j^2`` in terms of
     the original weight, so per-feature ``alpha_j`` is ``s_j = alpha_j^{-1/2}``
     and per-feature ``C_j`` (an inverse penalty) is ``s_j = C_j^{1/2}``.
+
+    Examples
+    --------
+    >>> from skbilevel.problems import feature_scale
+    >>> feature_scale("alpha", [4.0, 0.25])
+    array([0.5, 2. ])
     """
     values = np.asarray(values, dtype=float)
     return np.sqrt(values) if name == "C" else 1.0 / np.sqrt(values)

@@ -161,15 +161,20 @@ class _Objective:
         )
         self.params = result.params
         norm = float(torch.sqrt(sum((g**2).sum() for g in result.grad.values())))
-        self.history.append(
-            {
-                "step": len(self.history),
-                "params": to_numpy(self.constrained(u)),
-                "outer_loss": float(result.outer_loss),
-                "hypergradient_norm": norm,
-                "time": time.perf_counter() - self.start,
-            }
-        )
+        entry = {
+            "step": len(self.history),
+            "params": to_numpy(self.constrained(u)),
+            "outer_loss": float(result.outer_loss),
+            "hypergradient_norm": norm,
+            "time": time.perf_counter() - self.start,
+        }
+        self.history.append(entry)
+        if self.settings["verbose"] > 1:
+            print(
+                f"[BilevelSearchCV] step {entry['step']}: outer loss "
+                f"{entry['outer_loss']:.6g}, hypergradient norm {norm:.3g}, "
+                f"{entry['time']:.1f}s"
+            )
         return result
 
 

@@ -1,0 +1,169 @@
+"""BilevelSearchCV against GridSearchCV, LogisticRegressionCV and RandomizedSearchCV.
+
+Part 1, LogisticRegression ``C``, cv=5, n_jobs=1: the best mean CV score of
+GridSearchCV over 20 log-spaced C values, LogisticRegressionCV(Cs=20) on the
+same values and BilevelSearchCV(Real) on the same range; wall times are
+medians over ``--repeats`` runs in this process.
+
+Part 2, per-feature L2 (PerFeature) on two scikit-learn datasets: held-out test
+score of BilevelSearchCV against GridSearchCV over the scalar penalty and
+RandomizedSearchCV over the scalar penalty given the same wall time as
+BilevelSearchCV.
+
+Usage: python benchmarks/bench_search.py [--mnist PATH] [--repeats 3]
+"""
+
+import argparse
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import loguniform
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
+from sklearn.model_selection import (
+    GridSearchCV,
+    RandomizedSearchCV,
+    StratifiedKFold,
+    train_test_split,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from skbilevel import BilevelSearchCV, PerFeature, Real
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _timed(make, X, y, repeats):
+    times, fitted = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fitted = make().fit(X, y)
+        times.append(time.perf_counter() - start)
+    return fitted, float(np.median(times))
+
+
+def _mnist(path, n_samples):
+    data = np.load(path)
+    rng = np.random.RandomState(0)
+    index = rng.choice(len(data["y_train"]), n_samples, replace=False)
+    X = data["X_train"][index].reshape(n_samples, -1) / 255.0
+    return X, data["y_train"][index]
+
+
+def logistic_c(name, X, y, repeats):
+    """One row per method: best mean CV accuracy and median time."""
+    Cs = np.logspace(-4, 2, 20)
+    cv = StratifiedKFold(5, shuffle=True, random_state=0)
+    estimator = LogisticRegression()
+    grid, grid_time = _timed(
+        lambda: GridSearchCV(estimator, {"C": Cs}, cv=cv, n_jobs=1), X, y, repeats
+    )
+    path, path_time = _timed(
+        lambda: LogisticRegressionCV(Cs=Cs, cv=cv, n_jobs=1), X, y, repeats
+    )
+    bilevel, bilevel_time = _timed(
+        lambda: BilevelSearchCV(
+            estimator, {"C": Real(1e-4, 1e2, init=1.0)}, cv=cv, n_jobs=1
+        ),
+        X,
+        y,
+        repeats,
+    )
+    path_scores = np.mean([s.mean(axis=0) for s in path.scores_.values()], axis=0)
+    return [
+        (name, "GridSearchCV (20 C)", grid.best_score_, grid_time, grid_time),
+        (name, "LogisticRegressionCV", path_scores.max(), path_time, grid_time),
+        (
+            name,
+            f"BilevelSearchCV (C={bilevel.best_params_['C']:.3g})",
+            bilevel.best_score_,
+            bilevel_time,
+            grid_time,
+        ),
+    ]
+
+
+def per_feature(name, estimator, param, low, high, X, y):
+    """Held-out test score of the three searches over an L2 penalty."""
+    X_train, X_test, y_train, y_test = train_test_split(
+        X, y, test_size=0.3, random_state=0
+    )
+    model = make_pipeline(StandardScaler(), estimator)
+    key = f"{model.steps[-1][0]}__{param}"
+    start = time.perf_counter()
+    bilevel = BilevelSearchCV(model, {key: PerFeature(low, high)}, cv=5)
+    bilevel.fit(X_train, y_train)
+    budget = time.perf_counter() - start
+    start = time.perf_counter()
+    grid = GridSearchCV(model, {key: np.logspace(np.log10(low), np.log10(high), 20)})
+    grid.fit(X_train, y_train)
+    grid_time = time.perf_counter() - start
+    # As many random candidates as fit in BilevelSearchCV's wall time.
+    n_iter = max(1, int(budget / (grid_time / 20)))
+    start = time.perf_counter()
+    random = RandomizedSearchCV(
+        model, {key: loguniform(low, high)}, n_iter=n_iter, random_state=0
+    ).fit(X_train, y_train)
+    random_time = time.perf_counter() - start
+    return [
+        (name, "BilevelSearchCV (PerFeature)", bilevel.score(X_test, y_test), budget),
+        (name, "GridSearchCV (20 scalar)", grid.score(X_test, y_test), grid_time),
+        (
+            name,
+            f"RandomizedSearchCV ({n_iter} scalar)",
+            random.score(X_test, y_test),
+            random_time,
+        ),
+    ]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mnist", default=str(ROOT / "../shared/data/mnist.npz"))
+    parser.add_argument("--n-samples", type=int, default=5000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--output", default=str(ROOT / "benchmarks/results/bench_search.md")
+    )
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", ConvergenceWarning)
+
+    X_digits, y_digits = load_digits(return_X_y=True)
+    rows = logistic_c("digits", X_digits / 16.0, y_digits, args.repeats)
+    rows += logistic_c(
+        f"MNIST {args.n_samples}", *_mnist(args.mnist, args.n_samples), args.repeats
+    )
+    lines = [
+        f"## LogisticRegression C, cv=5, n_jobs=1 (median of {args.repeats} runs)",
+        "",
+        "| data | method | best mean CV accuracy | time (s) | time / grid |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {d} | {m} | {s:.4f} | {t:.2f} | {t / g:.2f} |" for d, m, s, t, g in rows
+    ]
+
+    X_d, y_d = load_diabetes(return_X_y=True)
+    X_b, y_b = load_breast_cancer(return_X_y=True)
+    rows = per_feature("diabetes", Ridge(), "alpha", 1e-3, 1e4, X_d, y_d)
+    rows += per_feature("breast_cancer", LogisticRegression(), "C", 1e-3, 1e3, X_b, y_b)
+    lines += [
+        "",
+        "## Per-feature L2, held-out test score (R2 / accuracy), 30% test",
+        "",
+        "| data | method | test score | time (s) |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {d} | {m} | {s:.4f} | {t:.2f} |" for d, m, s, t in rows]
+    table = "\n".join(lines) + "\n"
+    print(table)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(table)
+
+
+if __name__ == "__main__":
+    main()
