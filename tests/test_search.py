@@ -30,16 +30,6 @@ from skbilevel.problems import make_problem
 from skbilevel.problems._bilevel import fold_data
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny problems here run fastest, and time steadily on a shared
-    # machine, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def classification():
     X, y = make_classification(
