@@ -215,6 +215,7 @@ def test_pipeline_routing_clone_pickle_and_nested_cv(classification):
     search = BilevelSearchCV(model, space, cv=3, max_iter=4)
     assert clone(search).get_params()["param_space"] == space
     search.fit(X, y)
+    assert set(search.history_[0]["params"]) == {"logisticregression__C"}
     restored = pickle.loads(pickle.dumps(search))
     np.testing.assert_array_equal(restored.predict_proba(X), search.predict_proba(X))
     scores = cross_val_score(search, X, y, cv=2)

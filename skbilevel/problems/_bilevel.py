@@ -292,11 +292,15 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         u = _adam(objective, u0, settings)
     else:
         u = _lbfgs(objective, u0, settings)
-    values = to_numpy(objective.constrained(u))
-    learned = {
-        key: float(values[names[key]])
-        if kinds[names[key]] == "real"
-        else values[names[key]]
-        for key in space
-    }
-    return learned, objective.history
+
+    def by_key(values):
+        return {
+            key: float(values[names[key]])
+            if kinds[names[key]] == "real"
+            else values[names[key]]
+            for key in space
+        }
+
+    for entry in objective.history:
+        entry["params"] = by_key(entry["params"])
+    return by_key(to_numpy(objective.constrained(u))), objective.history
