@@ -74,7 +74,7 @@ def logistic_c(name, X, y, repeats):
         repeats,
     )
     path_scores = np.mean([s.mean(axis=0) for s in path.scores_.values()], axis=0)
-    return [
+    rows = [
         (name, "GridSearchCV (20 C)", grid.best_score_, grid_time, grid_time),
         (name, "LogisticRegressionCV", path_scores.max(), path_time, grid_time),
         (
@@ -85,6 +85,8 @@ def logistic_c(name, X, y, repeats):
             grid_time,
         ),
     ]
+    print(*rows, sep="\n", flush=True)
+    return rows
 
 
 def per_feature(name, estimator, param, low, high, X, y):
