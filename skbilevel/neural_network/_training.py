@@ -34,21 +34,22 @@ class BatchSchedule(NamedTuple):
     """A seeded mini-batch order for each fold, as tensors on the device.
 
     ``order[k, e, p]`` is the sample at position p of epoch e of fold k;
-    step t reads batch ``t % n_batches[k]`` of epoch ``t // n_batches[k]``.
+    step t reads batch ``t % n_batches[k]`` of epoch ``t // n_batches[k]``;
+    ``width`` is the largest batch size.
     """
 
     order: Tensor
     n_train: Tensor
     batch_size: Tensor
     n_batches: Tensor
+    width: int
 
     def batch(self, t: int):
         """Sample indices (K, b), their validity mask and the factor n_k / |B_t|."""
         folds = torch.arange(self.order.shape[0], device=self.order.device)
         epoch = torch.div(t, self.n_batches, rounding_mode="floor")
         position = self.batch_size * (t - epoch * self.n_batches)
-        width = int(self.batch_size.max())
-        offset = torch.arange(width, device=self.order.device)
+        offset = torch.arange(self.width, device=self.order.device)
         positions = position[:, None] + offset[None]
         valid = (offset[None] < self.batch_size[:, None]) & (
             positions < self.n_train[:, None]
@@ -88,7 +89,11 @@ def batch_schedule(train, batch_size, T, shuffle, seed, device):
         return torch.as_tensor(array, dtype=torch.int64, device=device)
 
     return BatchSchedule(
-        tensor(order), tensor(n_train), tensor(sizes), tensor(n_batches)
+        tensor(order),
+        tensor(n_train),
+        tensor(sizes),
+        tensor(n_batches),
+        int(sizes.max()),
     )
 
 
