@@ -178,10 +178,12 @@ class BilevelSearchCV(BaseSearchCV):
     max_iter : int, default=30
         Maximum number of outer steps (hypergradient evaluations) per run.
 
-    tol : float, default=1e-6
+    tol : float, default=1e-4
         Outer tolerance: relative decrease of the validation loss or
         projected hypergradient for L-BFGS-B, largest change of the
-        unconstrained hyperparameters for Adam.
+        unconstrained hyperparameters for Adam. The validation loss is only as
+        precise as the inner solutions (``inner_tol``): a much smaller ``tol``
+        spends outer steps on that noise.
 
     outer_optimizer : {"lbfgs", "adam"}, default="lbfgs"
         The outer optimizer: L-BFGS-B on the box of the unconstrained
@@ -303,7 +305,7 @@ class BilevelSearchCV(BaseSearchCV):
         inner_steps=100,
         inner_tol=1e-6,
         max_iter=30,
-        tol=1e-6,
+        tol=1e-4,
         outer_optimizer="lbfgs",
         outer_learning_rate=0.1,
         n_restarts=1,
