@@ -21,6 +21,7 @@ from sklearn.utils import _safe_indexing, assert_all_finite, check_array
 from ..hypergrad import METHODS, gradient_descent
 from ..utils import to_numpy, to_tensor
 from . import make_problem
+from ._base import FoldData
 
 _IMPLICIT = ("implicit_cg", "implicit_fixed_point")
 
@@ -37,8 +38,6 @@ def fold_data(estimator, X, y, splits, sample_weight, device, dtype):
     The earlier steps of a Pipeline are fitted on each fold's training part and
     transform all samples, giving one feature matrix per fold.
     """
-    from ._base import FoldData
-
     y = np.array(y)
     if y.dtype.kind in "fc":
         assert_all_finite(y, input_name="y")
