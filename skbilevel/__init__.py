@@ -7,6 +7,7 @@ Meta-Learning" (Franceschi et al., ICML 2018).
 from ._search import BilevelSearchCV
 from ._space import PerFeature, Real, SampleWeight
 from .meta import HyperRepresentationClassifier, few_shot_score
+from .neural_network import TorchMLPClassifier, TorchMLPRegressor
 
 __version__ = "0.1.0.dev0"
 
@@ -16,6 +17,8 @@ __all__ = [
     "PerFeature",
     "Real",
     "SampleWeight",
+    "TorchMLPClassifier",
+    "TorchMLPRegressor",
     "__version__",
     "few_shot_score",
 ]

@@ -13,17 +13,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skbilevel.hypergrad import METHODS, unroll
 from skbilevel.neural_network import TorchMLPClassifier, TorchMLPRegressor
+from skbilevel.neural_network._network import init_params
 from skbilevel.problems import FoldData
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    # The tiny problems here run fastest, and time steadily on a shared
-    # machine, on one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tensor(array):
@@ -226,6 +217,43 @@ def test_learning_rate_schedules():
     expanded = clone(base).set_params(learning_rate=explicit).fit(X, y)
     np.testing.assert_array_equal(blocks.coefs_[0], expanded.coefs_[0])
     assert not np.allclose(blocks.coefs_[0], constant.coefs_[0])
+
+
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_minibatch_training_matches_torch_optim(solver):
+    """Sequential batches of 7, 7, 6 samples, stepped by torch.optim itself."""
+    X, y = _classification()
+    estimator = TorchMLPClassifier(
+        (5,),
+        activation="tanh",
+        solver=solver,
+        alpha=0.5,
+        batch_size=7,
+        shuffle=False,
+        learning_rate=0.05,
+        momentum=0.7,
+        max_iter=8,
+        random_state=0,
+        dtype="float64",
+    ).fit(X, y)
+    params = init_params([4, 5, 3], "tanh", 1, 0, dtype=torch.float64, device="cpu")
+    layers = [p[0].clone().requires_grad_() for p in params.values()]
+    if solver == "sgd":
+        optimizer = torch.optim.SGD(layers, lr=0.05, momentum=0.7)
+    else:
+        optimizer = torch.optim.Adam(layers, lr=0.05)
+    X_t, y_t = _tensor(X), torch.as_tensor(y)
+    for t in range(8):
+        batch = slice(7 * (t % 3), 7 * (t % 3) + 7)
+        W0, b0, W1, b1 = layers
+        scores = torch.tanh(X_t[batch] @ W0 + b0) @ W1 + b1
+        penalty = 0.5 * 0.5 * ((W0**2).sum() + (W1**2).sum()) / len(y)
+        loss = torch.nn.functional.cross_entropy(scores, y_t[batch]) + penalty
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    for ours, theirs in zip(estimator.coefs_, layers[::2]):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("Estimator", [TorchMLPClassifier, TorchMLPRegressor])

@@ -310,6 +310,11 @@ class _BaseTorchMLP(BaseEstimator):
     def _bilevel_problem(self, data, learned, options):
         """The differentiable K-fold problem of this estimator's training.
 
+        For each fold, the problem's dynamics are exactly the ``max_iter``
+        steps that ``fit`` runs on that fold's training part (same seed,
+        initialization and batch order); it computes in the dtype and on the
+        device of ``data.X``.
+
         Parameters
         ----------
         data : FoldData
@@ -323,7 +328,8 @@ class _BaseTorchMLP(BaseEstimator):
             ``"momentum"`` (``"real"``, with ``solver="sgd"``), ``"alpha"``
             (``"real"``, or ``"per_layer"``: one value per weight matrix) and
             ``"sample_weight"`` (``"sample_weight"``: one weight in [0, 1] per
-            sample, multiplying the fixed weights).
+            sample of ``data``, multiplying the fixed weights; those of
+            validation samples have no effect).
         options : dict
             Inner solver options of the search; unused, since the inner
             solution is defined by the estimator's own ``max_iter`` steps.

@@ -60,7 +60,8 @@ _PARAMETERS = """
     device : str or torch.device, default="auto"
         Where torch computes; ``"auto"`` picks a GPU when there is one.
     dtype : {"float32", "float64"}, default="float32"
-        Precision of the network and the data.
+        Precision of the training and of the fitted weights; predictions
+        have the floating-point type of the ``X`` they are made for.
 """
 
 _ATTRIBUTES = """
