@@ -182,6 +182,17 @@ def test_fit_reproduces_the_differentiated_model(estimator):
     )
 
 
+def test_per_fold_features_of_a_pipeline():
+    """X of shape (K, n, d) (a Pipeline's earlier steps fitted per fold)."""
+    X, y = _classification()
+    data, _ = _folds(X, y)
+    estimator = TorchMLPClassifier((5,), solver="sgd", batch_size=6, max_iter=10)
+    shared = estimator.set_params(random_state=0)._bilevel_problem(data, {}, {})
+    stacked = data._replace(X=data.X.expand(2, *data.X.shape))
+    per_fold = estimator._bilevel_problem(stacked, {}, {})
+    assert _outer(per_fold, {}) == pytest.approx(_outer(shared, {}), rel=1e-12)
+
+
 def test_hypergradient_descent_raises_a_too_small_learning_rate():
     X, y = _classification(n_samples=40)
     data, _ = _folds(X, y)
