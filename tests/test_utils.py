@@ -60,3 +60,9 @@ def test_torch_generator_is_reproducible_from_random_state():
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3), draw(4))
     assert torch.equal(draw(np.random.RandomState(0)), draw(np.random.RandomState(0)))
+
+
+def test_read_only_arrays_convert_without_warning():
+    X = np.arange(4.0)
+    X.setflags(write=False)  # e.g. a memory-mapped or joblib-shared array
+    np.testing.assert_array_equal(to_numpy(to_tensor(X)), X)

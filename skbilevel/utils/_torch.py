@@ -116,7 +116,9 @@ def to_tensor(X, *, device="cpu", dtype="float64"):
     if isinstance(X, torch.Tensor):
         tensor = X
     else:
-        tensor = torch.as_tensor(np.asarray(X))
+        array = np.asarray(X)
+        # torch cannot share memory with a read-only array (it warns instead).
+        tensor = torch.as_tensor(array if array.flags.writeable else array.copy())
     if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
         return tensor.to(device=device, dtype=resolve_dtype(dtype))
     return tensor.to(device=device, dtype=torch.int64)
