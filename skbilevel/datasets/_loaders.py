@@ -97,6 +97,12 @@ def load_omniglot(path=None):
 
 def _read_omniglot_folders(root):
     """Read the original PNG layout into the arrays of :func:`load_omniglot`."""
+    splits = ("images_background", "images_evaluation")
+    for split in splits:
+        if not (root / split).is_dir():
+            raise FileNotFoundError(
+                f"{root} holds neither omniglot.npz nor the folder {split}/."
+            )
     try:
         from PIL import Image
     except ImportError as exc:
@@ -104,11 +110,7 @@ def _read_omniglot_folders(root):
             "Reading the Omniglot PNG folders needs Pillow: pip install pillow."
         ) from exc
     images, character, alphabet, background = [], [], [], []
-    for split in ("images_background", "images_evaluation"):
-        if not (root / split).is_dir():
-            raise FileNotFoundError(
-                f"{root} holds neither omniglot.npz nor the folder {split}/."
-            )
+    for split in splits:
         for alphabet_dir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
             alphabet_id = len(set(alphabet))
             for char_dir in sorted(p for p in alphabet_dir.iterdir() if p.is_dir()):
