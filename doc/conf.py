@@ -36,3 +36,18 @@ sphinx_gallery_conf = {
 
 # Matplotlib in a headless build.
 warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")
+
+
+def _skip_scikit_learn_members(app, what, name, obj, skip, options):
+    """Leave out members inherited from scikit-learn (score, set_params,
+    set_*_request): their docstrings cross-reference scikit-learn's own
+    glossary and user guide, which this documentation does not hold."""
+    defined = getattr(obj, "fget", obj)  # properties carry their getter's module
+    module = getattr(defined, "__module__", None) or ""
+    if what == "class" and module.startswith("sklearn"):
+        return True
+    return skip
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_scikit_learn_members)

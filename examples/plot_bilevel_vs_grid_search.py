@@ -1,7 +1,7 @@
 """
-=================================================
+==================================================
 BilevelSearchCV against GridSearchCV: noisy labels
-=================================================
+==================================================
 
 Data hyper-cleaning (Franceschi et al., 2017, 2018): 30% of the training
 labels of the digits dataset are flipped to a wrong class, while a small

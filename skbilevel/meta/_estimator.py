@@ -116,7 +116,7 @@ class HyperRepresentationClassifier(ClassifierMixin, TransformerMixin, BaseEstim
     ----------
     classes_ : ndarray of shape (n_classes,)
         Class labels of the current head.
-    coef_ : ndarray of shape (n_classes, n_features_out_)
+    coef_ : ndarray of shape (n_classes, n_features_out)
         Coefficients of the head on the representation.
     intercept_ : ndarray of shape (n_classes,)
         Intercepts of the head.
@@ -425,7 +425,7 @@ class HyperRepresentationClassifier(ClassifierMixin, TransformerMixin, BaseEstim
 
         Returns
         -------
-        X_new : ndarray of shape (n_samples, n_features_out_)
+        X_new : ndarray of shape (n_samples, n_features_out)
             The features h(X).
         """
         check_is_fitted(self)

@@ -74,9 +74,9 @@ _ATTRIBUTES = """
     intercepts_ : list of ndarray of shape (n_layers - 1,)
         The i-th element is the intercept vector of layer i + 1.
     n_features_in_ : int
-        Number of features seen during :term:`fit`.
+        Number of features seen during ``fit``.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during ``fit``. Defined only when `X`
         has feature names that are all strings.
     n_iter_ : int
         Number of optimizer steps run (always ``max_iter``).
