@@ -22,11 +22,7 @@ Usage::
 """
 
 import argparse
-import ctypes
-import platform
-import resource
 import statistics
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -34,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _memory import PeakMemory
 
 from skbilevel.hypergrad import (
     METHODS,
@@ -44,7 +41,6 @@ from skbilevel.hypergrad import (
 
 KINDS = ("l2", "per_feature", "sample_weight", "learning_rate", "momentum")
 RESULTS = Path(__file__).parent / "results"
-_LIBC = ctypes.CDLL("libc.so.6") if platform.system() == "Linux" else None
 
 
 def load_mnist(path, n_train=5000, n_val=5000, dtype=torch.float32):
@@ -89,38 +85,6 @@ def make_problem(kind, X, y, X_val, y_val):
         dynamics = gradient_descent(inner, 0.5)
     w0 = {"W": torch.zeros(d, 10, dtype=X.dtype), "b": torch.zeros(10, dtype=X.dtype)}
     return dynamics, outer, hparams, w0
-
-
-class PeakMemory:
-    """Peak resident memory added while the block runs (sampled every 2 ms)."""
-
-    def __enter__(self):
-        if _LIBC is not None:
-            _LIBC.malloc_trim(0)  # hand freed memory back so the baseline is honest
-        self.start = self.peak = self._rss()
-        self._running = True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._running = False
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def added_mb(self):
-        return (self.peak - self.start) / 2**20
-
-    def _sample(self):
-        while self._running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.002)
-
-    @staticmethod
-    def _rss():
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def no_graph_unroll(dynamics, w0, hparams, T, tol=None):
