@@ -114,8 +114,9 @@ class BilevelSearchCV(BaseSearchCV):
     estimator : estimator object
         The estimator, or a Pipeline whose final step is the estimator. With
         continuous entries it must be one of Ridge, RidgeClassifier,
-        LogisticRegression (L2), KernelRidge or SGDClassifier/SGDRegressor
-        (L2, smooth loss).
+        LogisticRegression (L2), KernelRidge, SGDClassifier/SGDRegressor
+        (L2, smooth loss), or TorchMLPClassifier/TorchMLPRegressor (whose
+        training steps are differentiated: use a non-implicit ``method``).
 
     param_space : dict or list of dicts
         Parameter names (``step__param`` inside a Pipeline) to:

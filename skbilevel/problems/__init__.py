@@ -132,6 +132,10 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     >>> problem.fitted_attributes(params)[0]["coef_"].shape
     (4,)
     """
+    if hasattr(estimator, "_bilevel_problem"):
+        # Estimators whose fit is T differentiable steps describe their own
+        # (unrolled) problem and validate what can be learned.
+        return estimator._bilevel_problem(data, learned, options)
     adapter, scalars, per_feature, weights = _lookup(estimator)
     name = type(estimator).__name__
     for param, kind in learned.items():

@@ -145,19 +145,10 @@ class _Objective:
         """Outer loss and hypergradient at ``u``; records one history entry."""
         method = self.settings["method"]
         options = dict(self.settings["method_params"])
-        if method in _IMPLICIT:
-            self.params = self.problem.solve(self.params, self.constrained(u))
-            steps = 0
+        if hasattr(self.problem, "dynamics"):
+            result = self._unrolled_hypergradient(u, method, options)
         else:
-            steps = self.settings["inner_steps"]
-        rate = 1.0
-        if method != "implicit_cg":
-            # Gradient descent converges for steps below 2 / L.
-            rate = 1.0 / _largest_curvature(self.inner_loss, self.params, u)
-        dynamics = gradient_descent(self.inner_loss, rate)
-        result = METHODS[method](
-            self.params, u, steps, dynamics, self.outer_loss, **options
-        )
+            result = self._argmin_hypergradient(u, method, options)
         self.params = result.params
         norm = float(torch.sqrt(sum((g**2).sum() for g in result.grad.values())))
         entry = {
@@ -175,6 +166,41 @@ class _Objective:
                 f"{entry['time']:.1f}s"
             )
         return result
+
+    def _unrolled_hypergradient(self, u, method, options):
+        """Through the very T steps the estimator's fit runs, from its w_0."""
+        if method in _IMPLICIT:
+            raise ValueError(
+                f"method={method!r} differentiates an inner optimum, but this "
+                "estimator's fit is a fixed number of training steps (whose "
+                "learning rate or momentum an optimum would not depend on); use "
+                "method='reverse', 'truncated_reverse' or 'forward'."
+            )
+        problem = self.problem.transformed(self.constrained)
+        return METHODS[method](
+            problem.init_params(),
+            u,
+            problem.T,
+            problem.dynamics,
+            problem.outer_loss,
+            **options,
+        )
+
+    def _argmin_hypergradient(self, u, method, options):
+        """At the inner optimum (implicit) or through steps from a warm start."""
+        if method in _IMPLICIT:
+            self.params = self.problem.solve(self.params, self.constrained(u))
+            steps = 0
+        else:
+            steps = self.settings["inner_steps"]
+        rate = 1.0
+        if method != "implicit_cg":
+            # Gradient descent converges for steps below 2 / L.
+            rate = 1.0 / _largest_curvature(self.inner_loss, self.params, u)
+        dynamics = gradient_descent(self.inner_loss, rate)
+        return METHODS[method](
+            self.params, u, steps, dynamics, self.outer_loss, **options
+        )
 
 
 def _flatten(u):
