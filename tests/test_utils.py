@@ -66,3 +66,11 @@ def test_read_only_arrays_convert_without_warning():
     X = np.arange(4.0)
     X.setflags(write=False)  # e.g. a memory-mapped or joblib-shared array
     np.testing.assert_array_equal(to_numpy(to_tensor(X)), X)
+
+
+def test_inference_device_falls_back_to_cpu_for_a_missing_gpu():
+    from skbilevel.utils._torch import inference_device
+
+    assert inference_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert inference_device("cuda") == torch.device("cpu")

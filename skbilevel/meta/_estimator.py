@@ -14,6 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..datasets._episodes import draw_episodes, episode_pools
 from ..utils import resolve_device, resolve_dtype
+from ..utils._torch import inference_device
 from ._heads import train_heads
 from ._representations import build_representation, n_output_features
 from ._training import MetaTrainer, batched_features, episode_accuracies
@@ -274,16 +275,9 @@ class HyperRepresentationClassifier(ClassifierMixin, TransformerMixin, BaseEstim
             X = X[:, None]
         return X if y is None else (X, y)
 
-    def _inference_device(self):
-        # A model fitted on a GPU still predicts on a machine without one.
-        try:
-            return resolve_device(self.device)
-        except ValueError:
-            return torch.device("cpu")
-
     def _features(self, X):
         """Representation of validated samples, as a tensor on the device."""
-        device = self._inference_device()
+        device = inference_device(self.device)
         network = self.representation_
         if device.type != "cpu":
             network = copy.deepcopy(network).to(device)

@@ -20,7 +20,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from ..utils import resolve_device, resolve_dtype, to_numpy
+from ..utils import resolve_device, resolve_dtype
+from ..utils._torch import inference_device, to_numpy
 from ._network import forward, init_params, predict_scores, validation_losses
 from ._problem import UnrolledProblem
 from ._training import batch_schedule, make_dynamics, make_objective
@@ -278,13 +279,6 @@ class _BaseTorchMLP(BaseEstimator):
             )
         return state[0], curve[:-1].tolist(), float(curve[-1])
 
-    def _inference_device(self):
-        # A model fitted on a GPU still predicts on a machine without one.
-        try:
-            return resolve_device(self.device)
-        except ValueError:
-            return torch.device("cpu")
-
     def _scores(self, X):
         """Output scores (before the output activation), in the precision of ``X``.
 
@@ -293,7 +287,7 @@ class _BaseTorchMLP(BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        device, dtype = self._inference_device(), resolve_dtype(self.dtype)
+        device, dtype = inference_device(self.device), resolve_dtype(self.dtype)
 
         def tensors(arrays):
             return [torch.as_tensor(a, dtype=dtype, device=device) for a in arrays]

@@ -58,6 +58,16 @@ def resolve_device(device="auto"):
     return resolved
 
 
+def inference_device(device):
+    """The device a fitted model predicts on: ``device``, or the CPU when it
+    names a GPU this machine lacks (a model fitted on a GPU and unpickled
+    elsewhere still predicts)."""
+    try:
+        return resolve_device(device)
+    except ValueError:
+        return torch.device("cpu")
+
+
 def resolve_dtype(dtype):
     """Return the floating :class:`torch.dtype` that ``dtype`` names.
 
