@@ -7,6 +7,7 @@ sparse-ho), so a gradient step changes them by a factor, not an amount.
 """
 
 import math
+from numbers import Integral
 from numbers import Real as RealNumber
 
 import torch
@@ -130,6 +131,114 @@ class PerFeature(_Bounded):
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
         return f"PerFeature({self.low!r}, {self.high!r}{init})"
+
+
+class PerStep(_Bounded):
+    """A learning-rate schedule: one value per training step or block of steps.
+
+    For an estimator whose ``fit`` is ``max_iter`` differentiable optimizer
+    steps (:class:`~skbilevel.neural_network.TorchMLPClassifier`,
+    :class:`~skbilevel.neural_network.TorchMLPRegressor`), the learning rate
+    becomes a vector of B values, step t using entry ``floor(t * B /
+    max_iter)``: the setting of Franceschi et al. (2017, 2018) where the number
+    of hyperparameters grows with the number of steps. Each value lies in
+    [low, high] and is learned in log space; the learned schedule is an array
+    that the estimator takes as its ``learning_rate``.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds of each value, both positive.
+    init : float, default=None
+        Initial value of every step; ``None`` starts at the geometric midpoint
+        of the bounds.
+    n_blocks : int, default=None
+        Number B of values; ``None`` gives one per step (B = ``max_iter``).
+        At most ``max_iter``.
+
+    See Also
+    --------
+    Real : one learning rate for every step.
+    PerLayer : one L2 penalty per weight layer.
+
+    References
+    ----------
+    .. [1] L. Franceschi, M. Donini, P. Frasconi and M. Pontil, "Forward and
+       Reverse Gradient-Based Hyperparameter Optimization", ICML 2017.
+
+    Examples
+    --------
+    >>> from skbilevel import PerStep
+    >>> space = PerStep(1e-4, 1.0, init=0.01, n_blocks=4)
+    >>> space.transform(space.initial((4,))).numpy().round(6)
+    array([0.01, 0.01, 0.01, 0.01])
+    """
+
+    def __init__(self, low, high, init=None, n_blocks=None):
+        super().__init__(low, high, init=init, log=True)
+        if n_blocks is not None and (
+            not isinstance(n_blocks, Integral)
+            or isinstance(n_blocks, bool)
+            or n_blocks < 1
+        ):
+            raise ValueError(f"n_blocks must be a positive int; got {n_blocks!r}.")
+        self.n_blocks = n_blocks
+
+    def shape(self, problem):
+        """``(B,)`` for a problem of ``problem.T`` training steps."""
+        n_blocks = problem.T if self.n_blocks is None else self.n_blocks
+        if n_blocks > problem.T:
+            raise ValueError(
+                f"PerStep(n_blocks={n_blocks}) needs at most one value per step, "
+                f"but the estimator runs max_iter={problem.T} steps."
+            )
+        return (n_blocks,)
+
+    def __repr__(self):
+        init = "" if self.init is None else f", init={self.init!r}"
+        blocks = "" if self.n_blocks is None else f", n_blocks={self.n_blocks!r}"
+        return f"PerStep({self.low!r}, {self.high!r}{init}{blocks})"
+
+
+class PerLayer(_Bounded):
+    """One L2 penalty per weight layer of a neural network, each in [low, high].
+
+    For :class:`~skbilevel.neural_network.TorchMLPClassifier` and
+    :class:`~skbilevel.neural_network.TorchMLPRegressor`, ``alpha`` becomes one
+    value per weight matrix (``len(hidden_layer_sizes) + 1`` of them), learned
+    in log space; the learned array is the estimator's ``alpha``.
+
+    Parameters
+    ----------
+    low, high : float
+        Bounds of each penalty, both positive.
+    init : float, default=None
+        Initial value of every penalty; ``None`` starts at the geometric
+        midpoint of the bounds.
+
+    See Also
+    --------
+    Real : one penalty for every layer.
+    PerStep : a learning-rate schedule.
+
+    Examples
+    --------
+    >>> from skbilevel import PerLayer
+    >>> space = PerLayer(1e-6, 1.0, init=1e-3)
+    >>> space.transform(space.initial((2,))).numpy().round(6)
+    array([0.001, 0.001])
+    """
+
+    def __init__(self, low, high, init=None):
+        super().__init__(low, high, init=init, log=True)
+
+    def shape(self, problem):
+        """``(n_layers,)``: one value per weight matrix of the problem's network."""
+        return (problem.n_layers,)
+
+    def __repr__(self):
+        init = "" if self.init is None else f", init={self.init!r}"
+        return f"PerLayer({self.low!r}, {self.high!r}{init})"
 
 
 def _project_capped_simplex(x, budget):

@@ -362,9 +362,7 @@ def test_bilevel_problem_refuses_what_it_cannot_learn():
         clf._bilevel_problem(data, {"momentum": "real"}, {})
     with pytest.raises(ValueError, match="'beta_1' cannot be learned"):
         clf._bilevel_problem(data, {"beta_1": "real"}, {})
-    with pytest.raises(
-        ValueError, match="'alpha' cannot be learned as a 'per_feature'"
-    ):
+    with pytest.raises(ValueError, match="'alpha' cannot be learned as PerFeature"):
         clf._bilevel_problem(data, {"alpha": "per_feature"}, {})
     train = np.zeros((2, len(y)))
     train[0, y != 0] = 1.0

@@ -33,6 +33,14 @@ _LEARNABLE = {
     "alpha": ("real", "per_layer"),
     "sample_weight": ("sample_weight",),
 }
+# The specs of skbilevel._space behind each kind, for error messages.
+_SPEC_NAMES = {
+    "real": "Real",
+    "per_feature": "PerFeature",
+    "per_step": "PerStep",
+    "per_layer": "PerLayer",
+    "sample_weight": "SampleWeight",
+}
 
 
 def _draw_seed(random_state) -> int:
@@ -370,19 +378,26 @@ class _BaseTorchMLP(BaseEstimator):
             ]
 
         return UnrolledProblem(
-            initial, objective, outer_loss, dynamics, self.max_iter, fitted_attributes
+            initial,
+            objective,
+            outer_loss,
+            dynamics,
+            self.max_iter,
+            fitted_attributes,
+            len(self._hidden_sizes()) + 1,
         )
 
     def _check_learned(self, learned):
         name = type(self).__name__
         for param, kind in learned.items():
             if kind not in _LEARNABLE.get(param, ()):
-                supported = ", ".join(
-                    f"{p} ({' or '.join(kinds)})" for p, kinds in _LEARNABLE.items()
+                supported = "; ".join(
+                    f"{p} ({' or '.join(_SPEC_NAMES[k] for k in kinds)})"
+                    for p, kinds in _LEARNABLE.items()
                 )
                 raise ValueError(
-                    f"{param!r} cannot be learned as a {kind!r} hyperparameter of "
-                    f"{name}; supported: {supported}."
+                    f"{param!r} cannot be learned as {_SPEC_NAMES.get(kind, kind)} "
+                    f"for {name}; supported: {supported}."
                 )
         if "momentum" in learned and self.solver != "sgd":
             raise ValueError(

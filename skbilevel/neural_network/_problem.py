@@ -48,6 +48,9 @@ class UnrolledProblem(NamedTuple):
         ``fitted_attributes(params) -> list of dict``, per fold the
         ``coefs_`` and ``intercepts_`` the estimator fitted on that fold's
         training part would hold.
+    n_layers : int
+        The number of weight matrices (``len(hidden_layer_sizes) + 1``), the
+        length of a per-layer ``alpha``.
 
     Examples
     --------
@@ -76,6 +79,7 @@ class UnrolledProblem(NamedTuple):
     dynamics: Dynamics
     T: int
     fitted_attributes: Callable[[Params], list]
+    n_layers: int
 
     def transformed(self, transform):
         """The same problem over variables ``u`` with ``hparams = transform(u)``.
