@@ -5,7 +5,7 @@ Meta-Learning" (Franceschi et al., ICML 2018).
 """
 
 from ._search import BilevelSearchCV
-from ._space import PerFeature, Real, SampleWeight
+from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
 from .meta import HyperRepresentationClassifier, few_shot_score
 from .neural_network import TorchMLPClassifier, TorchMLPRegressor
 
@@ -15,6 +15,8 @@ __all__ = [
     "BilevelSearchCV",
     "HyperRepresentationClassifier",
     "PerFeature",
+    "PerLayer",
+    "PerStep",
     "Real",
     "SampleWeight",
     "TorchMLPClassifier",

@@ -15,12 +15,12 @@ from sklearn.utils import assert_all_finite, check_random_state, get_tags
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples
 
-from ._space import PerFeature, Real, SampleWeight
+from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
 from .hypergrad import METHODS
 from .problems._bilevel import learn
 from .problems._refit import LearnedSettings
 
-_SPECS = (Real, PerFeature, SampleWeight)
+_SPECS = (Real, PerFeature, PerStep, PerLayer, SampleWeight)
 
 
 def _entry(key, value):
@@ -48,8 +48,8 @@ def _entry(key, value):
     else:
         raise TypeError(
             f"Parameter space value for {key!r} must be a list of values, a "
-            "(low, high) tuple, a float, Real, PerFeature or SampleWeight; got "
-            f"{value!r}."
+            "(low, high) tuple, a float, Real, PerFeature, PerStep, PerLayer or "
+            f"SampleWeight; got {value!r}."
         )
     if (key == "sample_weight") != isinstance(spec, SampleWeight):
         raise ValueError(
@@ -116,7 +116,8 @@ class BilevelSearchCV(BaseSearchCV):
         continuous entries it must be one of Ridge, RidgeClassifier,
         LogisticRegression (L2), KernelRidge, SGDClassifier/SGDRegressor
         (L2, smooth loss), or TorchMLPClassifier/TorchMLPRegressor (whose
-        training steps are differentiated: use a non-implicit ``method``).
+        training steps are differentiated: ``method="auto"`` or a
+        non-implicit ``method``).
 
     param_space : dict or list of dicts
         Parameter names (``step__param`` inside a Pipeline) to:
@@ -126,6 +127,9 @@ class BilevelSearchCV(BaseSearchCV):
           its initial value (bounds four decades either side), a
           ``(low, high)`` tuple its bounds (log scale);
         - :class:`~skbilevel.PerFeature`, one L2 penalty per feature;
+        - :class:`~skbilevel.PerStep`, a learning-rate schedule, and
+          :class:`~skbilevel.PerLayer`, one ``alpha`` per layer, of the torch
+          MLPs (their values are arrays that the estimator takes as is);
         - under the key ``"sample_weight"``, :class:`~skbilevel.SampleWeight`.
 
     scoring : str, callable, list, tuple or dict, default=None
@@ -158,12 +162,15 @@ class BilevelSearchCV(BaseSearchCV):
     return_train_score : bool, default=False
         Whether ``cv_results_`` includes training scores.
 
-    method : {"implicit_cg", "implicit_fixed_point", "reverse", \
-            "truncated_reverse", "forward"}, default="implicit_cg"
+    method : {"auto", "implicit_cg", "implicit_fixed_point", "reverse", \
+            "truncated_reverse", "forward"}, default="auto"
         The hypergradient method of :mod:`skbilevel.hypergrad`. The implicit
         methods differentiate the exact inner solution (computed by a
         warm-started solver); the others differentiate ``inner_steps`` steps
-        of gradient descent from the previous solution.
+        of gradient descent from the previous solution, or, for the torch
+        MLPs, the estimator's own ``max_iter`` training steps (the implicit
+        methods are refused for those). ``"auto"`` is ``"implicit_cg"`` for
+        the scikit-learn estimators and ``"reverse"`` for the torch MLPs.
 
     method_params : dict, default=None
         Extra options of the method (e.g. ``{"K": 10}`` for truncated
@@ -217,7 +224,8 @@ class BilevelSearchCV(BaseSearchCV):
     best_score_ : float
         Mean cross-validated score of the best setting.
     best_params_ : dict
-        The best setting; arrays for PerFeature and SampleWeight.
+        The best setting; arrays for PerFeature, PerStep, PerLayer and
+        SampleWeight.
     best_index_ : int
         Index of the best setting in ``cv_results_``.
     scorer_ : function or a dict
@@ -274,7 +282,7 @@ class BilevelSearchCV(BaseSearchCV):
     _parameter_constraints: dict = {
         **BaseSearchCV._parameter_constraints,
         "param_space": [dict, list],
-        "method": [StrOptions(set(METHODS))],
+        "method": [StrOptions({"auto", *METHODS})],
         "method_params": [dict, None],
         "inner_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "inner_tol": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -301,7 +309,7 @@ class BilevelSearchCV(BaseSearchCV):
         pre_dispatch="2*n_jobs",
         error_score=np.nan,
         return_train_score=False,
-        method="implicit_cg",
+        method="auto",
         method_params=None,
         inner_steps=100,
         inner_tol=1e-6,
@@ -410,15 +418,9 @@ class BilevelSearchCV(BaseSearchCV):
         return self
 
     def _settings(self):
-        # Conjugate gradient to a relative residual of 1e-6 gives hypergradients
-        # accurate enough for the outer optimizer at a fraction of the cost of
-        # the engine's default 1e-10.
-        defaults = (
-            {"cg_tol": 1e-6, "max_iter": 500} if self.method == "implicit_cg" else {}
-        )
         return {
             "method": self.method,
-            "method_params": {**defaults, **(self.method_params or {})},
+            "method_params": dict(self.method_params or {}),
             "inner_steps": self.inner_steps,
             "inner_options": {"tol": self.inner_tol, "max_iter": self.inner_steps},
             "max_iter": self.max_iter,

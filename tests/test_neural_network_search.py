@@ -61,6 +61,20 @@ def test_search_raises_a_learning_rate_100x_too_small(data):
 
 def test_implicit_method_is_refused_for_unrolled_training(data):
     X, y = data
-    search = BilevelSearchCV(_mlp(1e-2), {"learning_rate": Real(1e-4, 1.0)}, cv=2)
+    search = BilevelSearchCV(
+        _mlp(1e-2), {"learning_rate": Real(1e-4, 1.0)}, method="implicit_cg", cv=2
+    )
     with pytest.raises(ValueError, match="fixed number of training steps"):
         search.fit(X, y)
+
+
+def test_auto_method_differentiates_the_training_steps(data):
+    X, y = data
+    space = {"learning_rate": Real(1e-4, 1.0, init=1e-2)}
+    runs = [
+        BilevelSearchCV(_mlp(1e-2), space, method=method, max_iter=2, cv=2).fit(X, y)
+        for method in ("auto", "reverse")
+    ]
+    assert runs[0].get_params()["method"] == "auto"
+    assert runs[0].best_params_ == runs[1].best_params_
+    assert runs[0].history_[-1]["outer_loss"] == runs[1].history_[-1]["outer_loss"]

@@ -139,15 +139,19 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     adapter, scalars, per_feature, weights = _lookup(estimator)
     name = type(estimator).__name__
     for param, kind in learned.items():
+        # PerStep and PerLayer belong to the torch MLPs: nothing here takes them.
         allowed = {
             "real": scalars,
             "per_feature": per_feature,
             "sample_weight": ("sample_weight",) if weights else (),
-        }[kind]
+        }.get(kind, ())
         if param not in allowed:
-            what = {"real": "a continuous", "per_feature": "a PerFeature"}.get(
-                kind, "a SampleWeight"
-            )
+            what = {
+                "real": "a continuous",
+                "per_feature": "a PerFeature",
+                "per_step": "a PerStep",
+                "per_layer": "a PerLayer",
+            }.get(kind, "a SampleWeight")
             raise ValueError(
                 f"{param!r} cannot be learned as {what} hyperparameter of {name}; "
                 f"supported: {', '.join(allowed) or 'none'}. Continuous "

@@ -77,17 +77,40 @@ def fold_data(estimator, X, y, splits, sample_weight, device, dtype):
 
 def _kind(spec):
     name = type(spec).__name__
-    return {"PerFeature": "per_feature", "SampleWeight": "sample_weight"}.get(
-        name, "real"
-    )
+    return {
+        "PerFeature": "per_feature",
+        "PerStep": "per_step",
+        "PerLayer": "per_layer",
+        "SampleWeight": "sample_weight",
+    }.get(name, "real")
 
 
-def _shape(kind, data):
+def _shape(kind, spec, data, problem):
+    if kind in ("per_step", "per_layer"):
+        # Sized by the unrolled problem: its number of steps or of layers.
+        return spec.shape(problem)
     return {
         "real": (),
         "per_feature": (data.X.shape[-1],),
         "sample_weight": (data.train.shape[1],),
     }[kind]
+
+
+def _resolved(settings, problem):
+    """``settings`` with method "auto" resolved and the method's default options.
+
+    "auto" differentiates through the training steps of an unrolled problem
+    (reverse mode) and implicitly at the optimum of an argmin problem.
+    """
+    method = settings["method"]
+    if method == "auto":
+        method = "reverse" if hasattr(problem, "dynamics") else "implicit_cg"
+    # Conjugate gradient to a relative residual of 1e-6 gives hypergradients
+    # accurate enough for the outer optimizer at a fraction of the cost of
+    # the engine's default 1e-10.
+    defaults = {"cg_tol": 1e-6, "max_iter": 500} if method == "implicit_cg" else {}
+    options = {**defaults, **settings["method_params"]}
+    return {**settings, "method": method, "method_params": options}
 
 
 def _bounds(spec, u):
@@ -275,7 +298,8 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         The estimator (or Pipeline) with the discrete settings of this run.
     space : dict of str to spec
         Continuous entries: user key (``"step__param"`` or ``"sample_weight"``)
-        to a :class:`~skbilevel.Real`, :class:`~skbilevel.PerFeature` or
+        to a :class:`~skbilevel.Real`, :class:`~skbilevel.PerFeature`,
+        :class:`~skbilevel.PerStep`, :class:`~skbilevel.PerLayer` or
         :class:`~skbilevel.SampleWeight`.
     X, y : array-like
         All the training data.
@@ -294,8 +318,8 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     Returns
     -------
     learned : dict
-        User key to learned value (float, or ndarray for PerFeature and
-        SampleWeight).
+        User key to learned value (float, or ndarray for PerFeature,
+        PerStep, PerLayer and SampleWeight).
     history : list of dict
         One entry per outer step.
     """
@@ -306,9 +330,12 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     specs = {names[key]: spec for key, spec in space.items()}
     kinds = {name: _kind(spec) for name, spec in specs.items()}
     problem = make_problem(final, data, kinds, settings["inner_options"])
+    settings = _resolved(settings, problem)
     rng = np.random.RandomState(seed)
     u0 = {
-        name: _initial(spec, _shape(kinds[name], data), data, restart, rng)
+        name: _initial(
+            spec, _shape(kinds[name], spec, data, problem), data, restart, rng
+        )
         for name, spec in specs.items()
     }
     objective = _Objective(problem, specs, settings)
