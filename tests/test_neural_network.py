@@ -341,6 +341,9 @@ def test_divergence_raises():
     [
         ({"learning_rate": np.full(11, 0.1)}, "at most one value per step"),
         ({"learning_rate": [0.1, -0.1]}, "positive finite"),
+        ({"learning_rate": [[0.1, 0.2]]}, "1-D array of positive finite"),
+        ({"learning_rate": []}, "1-D array of positive finite"),
+        ({"alpha": [0.1, np.nan]}, "1-D array of non-negative finite"),
         ({"alpha": [0.1, 0.1, 0.1]}, "one value per weight layer"),
         ({"hidden_layer_sizes": (3, 0)}, "hidden_layer_sizes"),
     ],

@@ -1,12 +1,25 @@
-"""BilevelSearchCV learning the training dynamics of the torch MLPs."""
+"""BilevelSearchCV learning the training dynamics of the torch MLPs: scalars,
+learning-rate schedules (PerStep), per-layer penalties (PerLayer), weights."""
 
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import make_classification
+from sklearn.linear_model import Ridge
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
 
-from skbilevel import BilevelSearchCV, Real, TorchMLPClassifier
+from skbilevel import (
+    BilevelSearchCV,
+    PerLayer,
+    PerStep,
+    Real,
+    SampleWeight,
+    TorchMLPClassifier,
+)
+from skbilevel.hypergrad import METHODS, unroll
+from skbilevel.problems import make_problem
+from skbilevel.problems._bilevel import fold_data
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +91,157 @@ def test_auto_method_differentiates_the_training_steps(data):
     assert runs[0].get_params()["method"] == "auto"
     assert runs[0].best_params_ == runs[1].best_params_
     assert runs[0].history_[-1]["outer_loss"] == runs[1].history_[-1]["outer_loss"]
+
+
+# Vector hyperparameters: learning-rate schedules (PerStep), per-layer alpha.
+
+
+def _fold_problem(estimator, X, y, kinds):
+    splits = list(StratifiedKFold(2, shuffle=True, random_state=0).split(X, y))
+    final, data = fold_data(estimator, X, y, splits, None, "cpu", "float64")
+    return make_problem(final, data, kinds, {}), splits
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        {"learning_rate": PerStep(1e-4, 1.0, init=0.05)},
+        {
+            "learning_rate": PerStep(1e-4, 1.0, init=0.05, n_blocks=4),
+            "alpha": PerLayer(1e-6, 1.0, init=1e-2),
+            "momentum": Real(0.1, 0.99, init=0.5, log=False),
+            "sample_weight": SampleWeight(init=0.8),
+        },
+    ],
+    ids=["one-rate-per-step", "blocks-layers-momentum-weights"],
+)
+def test_vector_hypergradients_match_finite_differences(data, specs):
+    """The search's variables u (log rates, log alphas): reverse mode vs FD."""
+    X, y = data
+    kinds = {
+        "learning_rate": "per_step",
+        "alpha": "per_layer",
+        "momentum": "real",
+        "sample_weight": "sample_weight",
+    }
+    problem, _ = _fold_problem(
+        _mlp(0.05).set_params(max_iter=12), X, y, {k: kinds[k] for k in specs}
+    )
+    rng = np.random.RandomState(0)
+    u = {}
+    for name, spec in specs.items():
+        if isinstance(spec, PerStep | PerLayer):
+            shape = spec.shape(problem)
+        else:
+            shape = {"momentum": (), "sample_weight": (len(y),)}[name]
+        start = spec.initial(shape)
+        u[name] = spec.project(start + 0.1 * torch.as_tensor(rng.normal(size=shape)))
+    assert u["learning_rate"].shape == ((12,) if len(specs) == 1 else (4,))
+    problem = problem.transformed(
+        lambda u: {name: spec.transform(u[name]) for name, spec in specs.items()}
+    )
+    result = METHODS["reverse"](
+        problem.init_params(), u, problem.T, problem.dynamics, problem.outer_loss
+    )
+
+    def outer(u):
+        with torch.no_grad():
+            state = unroll(problem.dynamics, problem.init_params(), u, problem.T)
+            return float(problem.outer_loss(state[0], u))
+
+    eps = 1e-6
+    for name, value in u.items():
+        direction = torch.as_tensor(rng.uniform(-1, 1, value.shape))
+        plus = outer({**u, name: value + eps * direction})
+        minus = outer({**u, name: value - eps * direction})
+        exact = float((result.grad[name] * direction).sum())
+        assert exact == pytest.approx((plus - minus) / (2 * eps), rel=1e-6), name
+
+
+def test_search_refit_reproduces_the_differentiated_schedule(data):
+    X, y = data
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    search = BilevelSearchCV(
+        _mlp(0.05),
+        {
+            "learning_rate": PerStep(1e-4, 1.0, init=0.05, n_blocks=3),
+            "alpha": PerLayer(1e-6, 1.0, init=1e-3),
+            "sample_weight": SampleWeight(),
+        },
+        outer_optimizer="adam",
+        max_iter=3,
+        cv=cv,
+    ).fit(X, y)
+    # The last outer step's values: the network fitted with them on each
+    # fold's training part has the validation loss the search differentiated.
+    last = search.history_[-1]
+    losses = []
+    for train, test in cv.split(X, y):
+        fitted = _mlp(last["params"]["learning_rate"]).set_params(
+            alpha=last["params"]["alpha"]
+        )
+        weights = last["params"]["sample_weight"][train]
+        fitted.fit(X[train], y[train], sample_weight=weights)
+        losses.append(log_loss(y[test], fitted.predict_proba(X[test])))
+    assert last["outer_loss"] == pytest.approx(np.mean(losses), rel=1e-10)
+    # best_params_ holds the arrays; best_estimator_ takes them as its own.
+    best = search.best_params_
+    assert best["learning_rate"].shape == (3,) and best["alpha"].shape == (2,)
+    assert search.cv_results_["param_learning_rate"][0].shape == (3,)
+    estimator = search.best_estimator_
+    assert isinstance(estimator, TorchMLPClassifier)
+    np.testing.assert_array_equal(estimator.learning_rate, best["learning_rate"])
+    np.testing.assert_array_equal(estimator.alpha, best["alpha"])
+    manual = _mlp(best["learning_rate"]).set_params(alpha=best["alpha"])
+    manual.fit(X, y, sample_weight=best["sample_weight"])
+    np.testing.assert_array_equal(estimator.predict_proba(X), manual.predict_proba(X))
+
+
+def test_search_learns_a_schedule_from_100x_too_small(data):
+    X, y = data
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    start = 1e-3
+    search = BilevelSearchCV(
+        _mlp(start),
+        {"learning_rate": PerStep(1e-5, 1.0, init=start, n_blocks=3)},
+        outer_optimizer="adam",
+        outer_learning_rate=0.5,
+        max_iter=15,
+        cv=cv,
+    ).fit(X, y)
+    schedule = search.best_params_["learning_rate"]
+    assert schedule.shape == (3,) and np.all(schedule > 10 * start)
+    assert _cv_log_loss(_mlp(schedule), X, y, cv) < _cv_log_loss(_mlp(start), X, y, cv)
+
+
+@pytest.mark.parametrize(
+    "estimator, space, message",
+    [
+        (
+            Ridge(),
+            {"alpha": PerLayer(1e-3, 1.0)},
+            "'alpha' cannot be learned as a PerLayer hyperparameter of Ridge",
+        ),
+        (
+            _mlp(0.1),
+            {"learning_rate": PerLayer(1e-3, 1.0)},
+            "'learning_rate' cannot be learned as PerLayer",
+        ),
+        (
+            _mlp(0.1),
+            {"momentum": PerStep(1e-3, 0.9)},
+            r"'momentum' cannot be learned as PerStep .* momentum \(Real\)",
+        ),
+        (
+            _mlp(0.1),
+            {"learning_rate": PerStep(1e-3, 1.0, n_blocks=31)},
+            "at most one value per step, but the estimator runs max_iter=30",
+        ),
+    ],
+)
+def test_vector_entries_refused_where_they_mean_nothing(
+    data, estimator, space, message
+):
+    X, y = data
+    with pytest.raises(ValueError, match=message):
+        BilevelSearchCV(estimator, space, max_iter=1, cv=2).fit(X, y)

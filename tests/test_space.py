@@ -1,11 +1,13 @@
 """Hyperparameter specs: unconstrained spaces, projections, validation."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import minimize
 
-from skbilevel import PerFeature, Real, SampleWeight
+from skbilevel import PerFeature, PerLayer, PerStep, Real, SampleWeight
 
 
 def test_real_log_space_round_trip_and_bounds():
@@ -92,3 +94,35 @@ def test_specs_compare_by_value_and_repr():
     assert repr(PerFeature(0.1, 10.0, init=1.0)) == "PerFeature(0.1, 10.0, init=1.0)"
     assert repr(SampleWeight(budget=0.5)) == "SampleWeight(init=1.0, budget=0.5)"
     assert len({Real(1.0, 2.0), Real(1.0, 2.0)}) == 1
+
+
+def test_per_step_and_per_layer_shapes_from_the_problem():
+    problem = SimpleNamespace(T=10, n_layers=3)
+    assert PerStep(1e-3, 1.0).shape(problem) == (10,)
+    assert PerStep(1e-3, 1.0, n_blocks=4).shape(problem) == (4,)
+    assert PerLayer(1e-6, 1.0).shape(problem) == (3,)
+    with pytest.raises(ValueError, match="at most one value per step"):
+        PerStep(1e-3, 1.0, n_blocks=11).shape(problem)
+    space = PerStep(1e-4, 1.0, init=0.01)
+    u = space.initial((5,)).requires_grad_()
+    np.testing.assert_allclose(space.transform(u).detach().numpy(), np.full(5, 0.01))
+    clipped = space.transform(space.project(torch.tensor([-50.0, 50.0])))
+    np.testing.assert_allclose(clipped.numpy(), [1e-4, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("n_blocks", [0, 2.5, True, "3"])
+def test_per_step_rejects_bad_n_blocks(n_blocks):
+    with pytest.raises(ValueError, match="n_blocks must be a positive int"):
+        PerStep(1e-3, 1.0, n_blocks=n_blocks)
+
+
+def test_vector_specs_compare_by_value_and_repr():
+    assert PerStep(1e-3, 1.0, n_blocks=4) == PerStep(1e-3, 1.0, n_blocks=4)
+    assert PerStep(1e-3, 1.0) != PerStep(1e-3, 1.0, n_blocks=4)
+    assert PerLayer(1e-3, 1.0) != PerFeature(1e-3, 1.0)
+    assert repr(PerStep(1e-4, 1.0, init=0.01, n_blocks=5)) == (
+        "PerStep(0.0001, 1.0, init=0.01, n_blocks=5)"
+    )
+    assert repr(PerLayer(1e-6, 1.0)) == "PerLayer(1e-06, 1.0)"
+    with pytest.raises(ValueError, match="positive when log=True"):
+        PerLayer(0.0, 1.0)
