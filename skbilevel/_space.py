@@ -1,10 +1,12 @@
 """Continuous hyperparameter specifications and their unconstrained spaces.
 
-Each spec maps an unconstrained tensor u (the variable the outer optimizer
-moves) to the constrained hyperparameter value, and projects u back onto its
-bounds after each outer step. Positive quantities live in log space (as in
-sparse-ho), so a gradient step changes them by a factor, not an amount.
-"""
+Real is one value; PerFeature, PerStep, PerLayer and SampleWeight are
+vectors whose length is fixed at fit time (features, training steps or blocks
+of steps, weight layers, examples). Each spec maps an unconstrained tensor u
+(the variable the outer optimizer moves) to the constrained hyperparameter
+value, and projects u back onto its bounds after each outer step. Positive
+quantities live in log space (as in sparse-ho), so a gradient step changes
+them by a factor, not an amount."""
 
 import math
 from numbers import Integral
@@ -88,6 +90,8 @@ class Real(_Bounded):
     See Also
     --------
     PerFeature : one such value per input feature.
+    PerStep : a learning-rate schedule of the torch MLPs.
+    PerLayer : one L2 penalty per layer of the torch MLPs.
     SampleWeight : one weight in [0, 1] per training example.
 
     Examples
@@ -168,10 +172,17 @@ class PerStep(_Bounded):
 
     Examples
     --------
-    >>> from skbilevel import PerStep
-    >>> space = PerStep(1e-4, 1.0, init=0.01, n_blocks=4)
-    >>> space.transform(space.initial((4,))).numpy().round(6)
-    array([0.01, 0.01, 0.01, 0.01])
+    >>> from sklearn.datasets import make_classification
+    >>> from skbilevel import BilevelSearchCV, PerStep
+    >>> from skbilevel.neural_network import TorchMLPClassifier
+    >>> X, y = make_classification(n_samples=60, random_state=0)
+    >>> mlp = TorchMLPClassifier((8,), solver="sgd", max_iter=20, random_state=0)
+    >>> space = {"learning_rate": PerStep(1e-4, 1.0, init=0.01, n_blocks=4)}
+    >>> search = BilevelSearchCV(mlp, space, max_iter=3, cv=2).fit(X, y)
+    >>> search.best_params_["learning_rate"].shape
+    (4,)
+    >>> search.best_estimator_.learning_rate.shape
+    (4,)
     """
 
     def __init__(self, low, high, init=None, n_blocks=None):
@@ -223,10 +234,15 @@ class PerLayer(_Bounded):
 
     Examples
     --------
-    >>> from skbilevel import PerLayer
-    >>> space = PerLayer(1e-6, 1.0, init=1e-3)
-    >>> space.transform(space.initial((2,))).numpy().round(6)
-    array([0.001, 0.001])
+    >>> from sklearn.datasets import make_classification
+    >>> from skbilevel import BilevelSearchCV, PerLayer
+    >>> from skbilevel.neural_network import TorchMLPClassifier
+    >>> X, y = make_classification(n_samples=60, random_state=0)
+    >>> mlp = TorchMLPClassifier((8,), max_iter=20, random_state=0)
+    >>> space = {"alpha": PerLayer(1e-6, 1.0, init=1e-3)}
+    >>> search = BilevelSearchCV(mlp, space, max_iter=3, cv=2).fit(X, y)
+    >>> search.best_estimator_.alpha.shape  # hidden layer, output layer
+    (2,)
     """
 
     def __init__(self, low, high, init=None):

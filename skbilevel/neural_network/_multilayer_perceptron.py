@@ -31,6 +31,9 @@ _PARAMETERS = """
         of scikit-learn's MLP. With mini-batches, batch B uses
         ``(n / |B|) sum_{i in B} s_i loss_i`` in place of the sum (an unbiased
         estimate of the full objective).
+        :class:`~skbilevel.BilevelSearchCV` learns it as a
+        :class:`~skbilevel.Real` or, one value per layer, a
+        :class:`~skbilevel.PerLayer`.
     batch_size : int, default=None
         Size of the mini-batches (at most ``n_samples``); ``None`` trains in
         full batch. Mini-batches follow a seeded order (a new permutation at
@@ -40,6 +43,9 @@ _PARAMETERS = """
         Step size: one value, or a schedule of B <= ``max_iter`` values, step
         t using entry ``floor(t * B / max_iter)`` (B = ``max_iter``: one
         learning rate per step; smaller B: one per block of steps).
+        :class:`~skbilevel.BilevelSearchCV` learns it as a
+        :class:`~skbilevel.Real` or, as a schedule, a
+        :class:`~skbilevel.PerStep`.
     max_iter : int, default=200
         Number T of optimizer steps (not epochs, unlike scikit-learn's MLP):
         ``fit`` runs exactly T steps, without early stopping.
