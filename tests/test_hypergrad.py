@@ -378,3 +378,40 @@ def test_gpu_matches_cpu(ridge, method):
     )
     for name in hparams:
         torch.testing.assert_close(on_gpu.grad[name].cpu(), on_cpu.grad[name])
+
+
+def test_implicit_cg_with_custom_products_and_preconditioner():
+    """A user-given Hessian product and an (exact-inverse) preconditioner give
+    the same hypergradient as double back-propagation, in one CG iteration."""
+    torch.manual_seed(0)
+    A = torch.randn(6, 6, dtype=torch.float64)
+    H = A @ A.T + torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, dtype=torch.float64)
+
+    def inner(w, h):
+        return 0.5 * w["x"] @ H @ w["x"] - (b * h["c"]) @ w["x"]
+
+    def outer(w, h):
+        return ((w["x"] - 1.0) ** 2).sum()
+
+    dyn = gradient_descent(inner, 0.01)
+    hparams = {"c": torch.ones(6, dtype=torch.float64)}
+    solution = {"x": torch.linalg.solve(H, b)}
+    default = implicit_cg(solution, hparams, 0, dyn, outer, max_iter=50)
+    inverse = torch.linalg.inv(H)
+    custom = implicit_cg(
+        solution,
+        hparams,
+        0,
+        dyn,
+        outer,
+        max_iter=1,
+        hessian_vector=lambda v: {"x": H @ v["x"]},
+        preconditioner=lambda v: {"x": inverse @ v["x"]},
+    )
+    torch.testing.assert_close(
+        custom.grad["c"], default.grad["c"], rtol=1e-8, atol=1e-10
+    )
+    # Closed form: dE/dc = b * H^{-1} (2 (x* - 1)).
+    expected = b * (inverse @ (2 * (solution["x"] - 1.0)))
+    torch.testing.assert_close(custom.grad["c"], expected, rtol=1e-8, atol=1e-10)

@@ -240,3 +240,64 @@ def test_feature_scale_expresses_per_feature_penalties():
     fold = problem.fitted_attributes(params)[0]
     np.testing.assert_allclose(fold["coef_"], rescaled.coef_ * scale, rtol=1e-8)
     assert np.allclose(feature_scale("C", [4.0]), [2.0])
+
+
+@pytest.mark.parametrize(
+    "estimator, classifier, n_classes",
+    [
+        (LogisticRegression(C=3.0), True, 2),
+        (LogisticRegression(C=3.0), True, 3),
+        (LogisticRegression(C=3.0, fit_intercept=False), True, 3),
+        (SGDClassifier(loss="modified_huber", alpha=0.01), True, 3),
+        (SGDRegressor(loss="huber", alpha=0.01), False, None),
+    ],
+)
+def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
+    """Newton's Hessian products equal double back-propagation; the
+    preconditioner is symmetric positive definite."""
+    X, y = _classification(n_classes) if classifier else _regression()
+    problem, params, hparams, _ = _solve(estimator, X, y, classifier=classifier)
+    curvature = problem.curvature(params, hparams)
+    generator = torch.Generator().manual_seed(0)
+
+    def draw():
+        return {
+            k: torch.randn(v.shape, generator=generator, dtype=v.dtype)
+            for k, v in params.items()
+        }
+
+    u, v = draw(), draw()
+    leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+    grads = torch.autograd.grad(
+        problem.inner_loss(leaves, hparams), list(leaves.values()), create_graph=True
+    )
+    expected = torch.autograd.grad(
+        grads, list(leaves.values()), grad_outputs=list(v.values())
+    )
+    got = curvature.hessian_vector(v)
+    for name, value in zip(leaves, expected):
+        np.testing.assert_allclose(got[name], value, rtol=1e-9, atol=1e-12)
+
+    def dot(a, b):
+        return float(sum((a[k] * b[k]).sum() for k in a))
+
+    pu, pv = curvature.precondition(u), curvature.precondition(v)
+    assert dot(u, pv) == pytest.approx(dot(pu, v), rel=1e-8)
+    assert dot(v, pv) > 0
+
+
+def test_newton_solution_is_stationary_and_warm_starts():
+    X, y = _classification(3)
+    problem, params, hparams, _ = _solve(
+        LogisticRegression(C=100.0), X, y, classifier=True
+    )
+    leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+    grads = torch.autograd.grad(
+        problem.inner_loss(leaves, hparams), list(leaves.values())
+    )
+    assert max(float(g.abs().max()) for g in grads) <= OPTIONS["tol"]
+    # Warm-started at a nearby C, the solution is the same as from zeros.
+    nearby = {"C": torch.tensor(120.0, dtype=torch.float64)}
+    warm = problem.solve(params, nearby)
+    cold = problem.solve(problem.init_params(), nearby)
+    np.testing.assert_allclose(warm["coef"], cold["coef"], rtol=1e-6, atol=1e-8)

@@ -25,27 +25,36 @@ def _norm(a: list[Tensor]) -> float:
     return float(torch.sqrt(_dot(a, a)))
 
 
-def _conjugate_gradient(matvec, b: list[Tensor], max_iter: int, tol: float):
+def _conjugate_gradient(
+    matvec, b: list[Tensor], max_iter: int, tol: float, precondition=None
+):
     """Solve ``A x = b`` for a symmetric positive-definite ``A`` given by matvec.
 
-    Returns the solution and whether ``||A x - b|| <= tol * ||b||`` was reached.
+    ``precondition(r)``, if given, applies a symmetric positive-definite
+    approximation of ``A^{-1}`` (preconditioned conjugate gradient). Returns the
+    solution and whether ``||A x - b|| <= tol * ||b||`` was reached.
     """
+    precondition = precondition or (lambda r: r)
     x = [torch.zeros_like(v) for v in b]
     residual = list(b)
-    direction = list(b)
-    rs = _dot(residual, residual)
+    preconditioned = precondition(residual)
+    direction = list(preconditioned)
+    rz = _dot(residual, preconditioned)
     threshold = tol * _norm(b)
     for _ in range(max_iter):
-        if float(torch.sqrt(rs)) <= threshold:
+        if _norm(residual) <= threshold:
             return x, True
         product = matvec(direction)
-        alpha = rs / _dot(direction, product)
+        alpha = rz / _dot(direction, product)
         x = [xi + alpha * di for xi, di in zip(x, direction)]
         residual = [ri - alpha * pi for ri, pi in zip(residual, product)]
-        rs_new = _dot(residual, residual)
-        direction = [ri + (rs_new / rs) * di for ri, di in zip(residual, direction)]
-        rs = rs_new
-    return x, float(torch.sqrt(rs)) <= threshold
+        preconditioned = precondition(residual)
+        rz_new = _dot(residual, preconditioned)
+        direction = [
+            zi + (rz_new / rz) * di for zi, di in zip(preconditioned, direction)
+        ]
+        rz = rz_new
+    return x, _norm(residual) <= threshold
 
 
 def _default_tol(params: dict, tol: float | None) -> float:
@@ -81,7 +90,17 @@ def _warn_linear_system(name, max_iter, tol):
 
 
 def implicit_cg(
-    params, hparams, T, dynamics, outer_loss, *, tol=None, max_iter=100, cg_tol=None
+    params,
+    hparams,
+    T,
+    dynamics,
+    outer_loss,
+    *,
+    tol=None,
+    max_iter=100,
+    cg_tol=None,
+    hessian_vector=None,
+    preconditioner=None,
 ):
     """Implicit hypergradient by conjugate gradient on the inner Hessian (HOAG).
 
@@ -107,6 +126,14 @@ def implicit_cg(
     cg_tol : float, default=None
         Relative residual tolerance of conjugate gradient; ``None`` means the
         square root of the machine epsilon, as for ``tol``.
+    hessian_vector : callable, default=None
+        ``hessian_vector(v) -> H v`` for a dict ``v`` shaped like ``params``:
+        the inner Hessian at the solution, for problems with a cheaper exact
+        product than the default double back-propagation.
+    preconditioner : callable, default=None
+        ``preconditioner(v)``: a symmetric positive-definite approximation of
+        ``H^{-1} v`` (same dicts), which turns conjugate gradient into
+        preconditioned conjugate gradient.
 
     Returns
     -------
@@ -138,11 +165,22 @@ def implicit_cg(
         _grad(dynamics.inner_loss(w, hparams), w, create_graph=True).values()
     )
 
-    def hessian_vector(v):
-        return list(_grad(inner_grad, w, grad_outputs=v, retain_graph=True).values())
+    names = list(w)
 
+    def as_list(function):
+        return lambda v: list(function(dict(zip(names, v))).values())
+
+    if hessian_vector is None:
+
+        def matvec(v):
+            return list(
+                _grad(inner_grad, w, grad_outputs=v, retain_graph=True).values()
+            )
+    else:
+        matvec = as_list(hessian_vector)
+    precondition = None if preconditioner is None else as_list(preconditioner)
     cg_tol = _default_tol(w, cg_tol)
-    v, converged = _conjugate_gradient(hessian_vector, direct_w, max_iter, cg_tol)
+    v, converged = _conjugate_gradient(matvec, direct_w, max_iter, cg_tol, precondition)
     if not converged:
         _warn_linear_system("conjugate gradient", max_iter, cg_tol)
     mixed = _grad(inner_grad, hparams, grad_outputs=v)

@@ -51,6 +51,9 @@ class Problem(NamedTuple):
     - ``fitted_attributes(params) -> list of dict``: per fold, the attributes
       (``coef_``, ``intercept_``, ``dual_coef_``) a fitted scikit-learn
       estimator would hold.
+    - ``curvature(params, hparams) -> Curvature`` (optional): exact inner
+      Hessian-vector products at ``params`` and a preconditioner, for the
+      implicit hypergradient's linear system.
     """
 
     init_params: Callable[[], Params]
@@ -58,6 +61,16 @@ class Problem(NamedTuple):
     outer_loss: Callable[[Params, Params], Tensor]
     solve: Callable[[Params, Params], Params]
     fitted_attributes: Callable[[Params], list]
+    curvature: Callable | None = None
+
+
+class Curvature(NamedTuple):
+    """The inner Hessian at a point, as products: ``hessian_vector(v) -> H v``
+    and ``precondition(v)``, a positive-definite approximation of ``H^{-1} v``
+    (dicts shaped like the inner parameters)."""
+
+    hessian_vector: Callable[[Params], Params]
+    precondition: Callable[[Params], Params]
 
 
 def hyperparameter(hparams: Params, name: str, default, like: Tensor) -> Tensor:

@@ -217,6 +217,11 @@ class _Objective:
         else:
             steps = self.settings["inner_steps"]
         rate = 1.0
+        curvature = getattr(self.problem, "curvature", None)
+        if method == "implicit_cg" and curvature is not None:
+            at = curvature(self.params, self.constrained(u))
+            options.setdefault("hessian_vector", at.hessian_vector)
+            options.setdefault("preconditioner", at.precondition)
         if method != "implicit_cg":
             # Gradient descent converges for steps below 2 / L.
             rate = 1.0 / _largest_curvature(self.inner_loss, self.params, u)

@@ -17,20 +17,23 @@ the learned weight, and the intercept never penalized. A per-feature penalty
 ``alpha_j`` (``C_j``) comes from :class:`~skbilevel.PerFeature`.
 """
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import LabelEncoder
 
 from ._base import (
+    Curvature,
     FoldData,
     Problem,
     check_classes_in_folds,
     class_weights,
     fold_weights,
     hyperparameter,
-    lbfgs_solve,
     validation_mean,
 )
 
@@ -38,8 +41,26 @@ SGD_CLASSIFIER_LOSSES = ("log_loss", "modified_huber", "squared_hinge", "squared
 SGD_REGRESSOR_LOSSES = ("squared_error", "huber", "squared_epsilon_insensitive")
 
 
+def _matmul(X, coef):
+    """``X @ coef`` per fold, (K, n, c); one matrix product when X is shared."""
+    if X.dim() == 2:
+        n_folds, n_features, n_outputs = coef.shape
+        flat = coef.permute(1, 0, 2).reshape(n_features, n_folds * n_outputs)
+        return (X @ flat).reshape(X.shape[0], n_folds, n_outputs).permute(1, 0, 2)
+    return X @ coef
+
+
+def _transposed_matmul(X, response):
+    """``X^T @ response`` per fold, (K, d, c)."""
+    if X.dim() == 2:
+        n_folds, n, n_outputs = response.shape
+        flat = response.permute(1, 0, 2).reshape(n, n_folds * n_outputs)
+        return (X.T @ flat).reshape(X.shape[1], n_folds, n_outputs).permute(1, 0, 2)
+    return X.transpose(-1, -2) @ response
+
+
 def _decision(X, params):
-    scores = torch.matmul(X, params["coef"])
+    scores = _matmul(X, params["coef"])
     if "intercept" in params:
         scores = scores + params["intercept"][:, None, :]
     return scores
@@ -65,6 +86,53 @@ def _ridge_solve(X, Y, weights, penalty, fit_intercept):
     return {"coef": theta}
 
 
+# Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
+DAMPING = 1e-2
+
+
+def _fold_dot(a, b):
+    """Per-fold inner products (K,) of two dicts of (K, ...) tensors."""
+    return sum((a[name] * b[name]).flatten(1).sum(1) for name in a)
+
+
+def _per_fold(scalars, tensor):
+    return scalars.reshape(-1, *([1] * (tensor.dim() - 1)))
+
+
+def _batched_pcg(matvec, b, precondition, tol, max_iter):
+    """Preconditioned conjugate gradient run separately (but batched) per fold.
+
+    Solves ``H_k x_k = b_k`` for every fold k, each to its own relative residual
+    ``tol[k]``; a fold that has converged stops moving.
+    """
+    x = {name: torch.zeros_like(value) for name, value in b.items()}
+    residual = dict(b)
+    preconditioned = precondition(residual)
+    direction = dict(preconditioned)
+    rz = _fold_dot(residual, preconditioned)
+    threshold = tol * torch.sqrt(_fold_dot(b, b))
+    for _ in range(max_iter):
+        active = torch.sqrt(_fold_dot(residual, residual)) > threshold
+        if not bool(active.any()):
+            break
+        product = matvec(direction)
+        curvature = _fold_dot(direction, product)
+        alpha = torch.where(active & (curvature > 0), rz / curvature, 0.0)
+        for name in x:
+            step = _per_fold(alpha, x[name])
+            x[name] = x[name] + step * direction[name]
+            residual[name] = residual[name] - step * product[name]
+        preconditioned = precondition(residual)
+        rz_new = _fold_dot(residual, preconditioned)
+        beta = torch.where(rz > 0, rz_new / rz, 0.0)
+        for name in x:
+            direction[name] = (
+                preconditioned[name] + _per_fold(beta, x[name]) * direction[name]
+            )
+        rz = rz_new
+    return x
+
+
 def linear_problem(data: FoldData, spec) -> Problem:
     """The :class:`Problem` of a linear model described by ``spec`` (a dict).
 
@@ -73,33 +141,199 @@ def linear_problem(data: FoldData, spec) -> Problem:
     of ``||W_j||^2`` in each fold's loss), ``weights(hparams) -> (K, n)``,
     ``ridge_targets`` (targets when the sample loss is ``q * ||y - z||^2``, with
     ``q = ridge_scale``: solved exactly) and ``solver_options``.
+
+    Other losses are solved by a damped Newton method whose steps come from
+    conjugate gradient with exact Hessian-vector products and a
+    Kronecker-factored preconditioner (:func:`curvature`), each fold with its
+    own step; the same curvature serves the implicit hypergradient.
     """
     X = data.X
     n_folds, n_features = data.train.shape[0], X.shape[-1]
     n_train = data.train.sum(dim=1)
     dtype, device = X.dtype, X.device
+    n_outputs = spec["n_outputs"]
 
     def init_params():
         params = {
             "coef": torch.zeros(
-                n_folds, n_features, spec["n_outputs"], dtype=dtype, device=device
+                n_folds, n_features, n_outputs, dtype=dtype, device=device
             )
         }
         if spec["fit_intercept"]:
             params["intercept"] = torch.zeros(
-                n_folds, spec["n_outputs"], dtype=dtype, device=device
+                n_folds, n_outputs, dtype=dtype, device=device
             )
         return params
 
-    def inner_loss(params, hparams):
+    def fold_losses(params, hparams):
         fit = (
             spec["weights"](hparams) * spec["sample_loss"](_decision(X, params))
         ).sum(1)
         penalty = (spec["penalty"](hparams) * (params["coef"] ** 2).sum(-1)).sum(1)
-        return ((fit + penalty) / n_train).sum()
+        return (fit + penalty) / n_train
+
+    def inner_loss(params, hparams):
+        return fold_losses(params, hparams).sum()
 
     def outer_loss(params, hparams):
         return validation_mean(spec["validation_loss"](_decision(X, params)), data)
+
+    def curvature(params, hparams, damping=None):
+        """Exact Hessian products and a Kronecker-factored preconditioner.
+
+        ``damping`` (K,), if given, is added to each fold's Hessian
+        (Levenberg-Marquardt), for the Newton steps of :func:`newton_solve`.
+
+        With scores ``Z = X W + b`` and ``B_i`` the (weighted) Hessian of the
+        sample loss in ``z_i``, each fold's Hessian is
+        ``(sum_i x_i x_i^T (x) B_i + 2 diag(penalty) (x) I) / n_k`` (intercept
+        as a column of ones). The preconditioner replaces ``B_i`` by
+        ``beta_i S``, with ``beta_i = tr(B_i) / c`` and ``S`` the mean of the
+        ``B_i`` scaled to a mean eigenvalue of 1, and the penalty by
+        ``diag(2 penalty) (x) S``: a Kronecker product ``A (x) S``, inverted by
+        two Cholesky factorizations.
+        """
+        hparams = {name: value.detach() for name, value in hparams.items()}
+        params = {name: value.detach() for name, value in params.items()}
+        weights = spec["weights"](hparams)
+        penalty = spec["penalty"](hparams)
+        with torch.enable_grad():
+            scores = _decision(X, params).requires_grad_()
+            total = (weights * spec["sample_loss"](scores)).sum()
+            (first,) = torch.autograd.grad(total, scores, create_graph=True)
+            rows = []
+            for a in range(n_outputs):
+                (row,) = torch.autograd.grad(
+                    first[..., a].sum(), scores, retain_graph=True, allow_unused=True
+                )
+                rows.append(torch.zeros_like(scores) if row is None else row)
+        hessians = torch.stack(rows, dim=-1).detach()  # (K, n, c, c)
+        scale = n_train[:, None, None]
+        ones = torch.ones(X.shape[-2], 1, dtype=dtype, device=device)
+        design = X
+        if spec["fit_intercept"]:
+            design = torch.cat([X, ones.expand(*X.shape[:-1], 1)], dim=-1)
+
+        def hessian_vector(v):
+            scores_v = _decision(X, v)
+            response = torch.einsum("knab,knb->kna", hessians, scores_v)
+            product = {
+                "coef": (
+                    _transposed_matmul(X, response)
+                    + 2.0 * penalty[..., None] * v["coef"]
+                )
+                / scale
+            }
+            if "intercept" in v:
+                product["intercept"] = response.sum(1) / n_train[:, None]
+            if damping is not None:
+                product = {
+                    k: p + _per_fold(damping, p) * v[k] for k, p in product.items()
+                }
+            return product
+
+        # Kronecker factors of the preconditioner: each sample weighs in the
+        # left factor by its mean curvature beta_i = tr(B_i) / c (confidently
+        # classified samples hardly count), the right factor is the mean
+        # normalized curvature.
+        beta = torch.diagonal(hessians, dim1=-2, dim2=-1).mean(-1)  # (K, n)
+        total_beta = beta.sum(1).clamp_min(torch.finfo(dtype).tiny)
+        right = hessians.sum(1) / total_beta[:, None, None]  # mean eigenvalue 1
+        eye_c = torch.eye(n_outputs, dtype=dtype, device=device)
+        if n_outputs > 1:
+            # A softmax's curvature is blind to adding a constant to every
+            # score; give that direction the mean curvature.
+            flat = torch.full((n_outputs, n_outputs), 1.0 / n_outputs, dtype=dtype)
+            right = right + flat.to(device)
+        right = right + 1e-8 * eye_c
+        left = design.transpose(-1, -2) @ (beta[..., None] * design)
+        diagonal = 2.0 * penalty
+        if spec["fit_intercept"]:
+            diagonal = torch.cat([diagonal, torch.zeros_like(diagonal[:, :1])], 1)
+        left = left + torch.diag_embed(diagonal)
+        if damping is not None:
+            left = left + (damping * n_train)[:, None, None] * torch.eye(
+                left.shape[-1], dtype=dtype, device=device
+            )
+        size = left.shape[-1]
+        jitter = 1e-10 * torch.diagonal(left, dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)
+        left = left + jitter[:, None, None] * torch.eye(size, dtype=dtype).to(device)
+        left_factor = torch.linalg.cholesky(left)
+        right_factor = torch.linalg.cholesky(right)
+
+        def precondition(v):
+            stacked = v["coef"]
+            if "intercept" in v:
+                stacked = torch.cat([stacked, v["intercept"][:, None, :]], dim=1)
+            solved = torch.cholesky_solve(stacked, left_factor)
+            solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
+            solved = solved.transpose(-1, -2) * scale
+            out = {"coef": solved[:, :n_features]}
+            if "intercept" in v:
+                out["intercept"] = solved[:, n_features]
+            return out
+
+        return Curvature(hessian_vector, precondition)
+
+    def newton_solve(params, hparams, tol, max_iter):
+        """Regularized Newton, each fold with its own Armijo backtracking step.
+
+        The Hessian is damped by the gradient's largest entry, which keeps the
+        steps finite where the loss is piecewise linear (Huber, modified
+        Huber) and vanishes at the solution (quadratic convergence)."""
+        params = {name: value.detach().clone() for name, value in params.items()}
+        for _ in range(max_iter + 1):
+            with torch.enable_grad():
+                leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+                losses = fold_losses(leaves, hparams)
+                grads = dict(
+                    zip(
+                        leaves,
+                        torch.autograd.grad(losses.sum(), list(leaves.values())),
+                    )
+                )
+            losses = losses.detach()
+            largest = torch.stack(
+                [g.abs().flatten(1).max(1).values for g in grads.values()]
+            ).amax(0)
+            if float(largest.max()) <= tol:
+                return params
+            if not torch.isfinite(losses).all():
+                raise FloatingPointError(
+                    "The inner problem diverged (non-finite training loss); check "
+                    "the scale of the features and the hyperparameter bounds."
+                )
+            curv = curvature(params, hparams, damping=DAMPING * largest)
+            # Inexact Newton: a looser linear solve far from the solution.
+            forcing = torch.sqrt(largest).clamp(max=0.5, min=1e-6)
+            step = _batched_pcg(
+                curv.hessian_vector,
+                {k: -g for k, g in grads.items()},
+                curv.precondition,
+                forcing,
+                max_iter=100,
+            )
+            slope = _fold_dot(grads, step)
+            # Near the solution the decrease is below rounding: take the step.
+            negligible = -slope <= 100 * torch.finfo(dtype).eps * losses.abs()
+            size = torch.ones_like(losses)
+            for _ in range(40):
+                trial = {k: v + _per_fold(size, v) * step[k] for k, v in params.items()}
+                trial_losses = fold_losses(trial, hparams)
+                accepted = (trial_losses <= losses + 1e-4 * size * slope) | negligible
+                if bool(accepted.all()):
+                    break
+                size = torch.where(accepted, size, 0.5 * size)
+            # A fold without a decrease after the backtracking stays put.
+            size = torch.where(accepted, size, 0.0)
+            params = {k: v + _per_fold(size, v) * step[k] for k, v in params.items()}
+        warnings.warn(
+            f"The inner problem was not solved to tol={tol} in {max_iter} Newton "
+            "iterations (inner_steps); hypergradients may be inaccurate.",
+            ConvergenceWarning,
+            stacklevel=2,
+        )
+        return params
 
     def solve(params, hparams):
         with torch.no_grad():
@@ -113,9 +347,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
                     penalty.expand(n_folds, n_features),
                     spec["fit_intercept"],
                 )
-        return lbfgs_solve(
-            lambda p: inner_loss(p, hparams), params, **spec["solver_options"]
-        )
+            return newton_solve(params, hparams, **spec["solver_options"])
 
     def fitted_attributes(params):
         folds = []
@@ -131,7 +363,9 @@ def linear_problem(data: FoldData, spec) -> Problem:
             folds.append({"coef_": coef, "intercept_": intercept})
         return folds
 
-    return Problem(init_params, inner_loss, outer_loss, solve, fitted_attributes)
+    return Problem(
+        init_params, inner_loss, outer_loss, solve, fitted_attributes, curvature
+    )
 
 
 def _tensor(array, like):
