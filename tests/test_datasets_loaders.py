@@ -34,6 +34,30 @@ def test_sample_episodes_skips_small_classes_and_errors():
         sample_episodes(y, 0, 1, 5)
 
 
+def test_episode_pools_pad_unequal_classes():
+    from skbilevel.datasets._episodes import episode_pools
+
+    y = np.array([2, 0, 2, 1, 2, 0, 3])
+    pools = episode_pools(y, 2)
+    np.testing.assert_array_equal(pools, [[1, 5, -1], [0, 2, 4]])
+
+
+@pytest.mark.parametrize("n_classes", [6, 400])
+def test_episodes_draw_distinct_classes_uniformly(n_classes):
+    # 6 classes take the sorted-keys path, 400 the redraw-repeats path.
+    y = np.repeat(np.arange(n_classes), 7)
+    support, query = sample_episodes(y, 3, 2, 4, n_episodes=4000, random_state=0)
+    classes = y[support[:, ::2]]
+    assert np.all(np.sort(classes, axis=1)[:, 1:] != np.sort(classes, axis=1)[:, :-1])
+    counts = np.bincount(classes.ravel(), minlength=n_classes)
+    expected = 4000 * 3 / n_classes
+    # Chi-square statistic of a uniform draw: n_classes - 1 +- a few sqrt(2 n).
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < n_classes + 5 * np.sqrt(2 * n_classes)
+    drawn = np.concatenate([support, query], axis=1)
+    assert np.all(np.sort(drawn, axis=1)[:, 1:] != np.sort(drawn, axis=1)[:, :-1])
+
+
 def _toy_omniglot(n_characters=6, n_drawers=3):
     rng = np.random.RandomState(0)
     return {

@@ -10,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from skbilevel.datasets import sample_episodes
-from skbilevel.meta import HyperRepresentationClassifier, few_shot_score
+from skbilevel.meta import HyperRepresentationClassifier, conv4, few_shot_score
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -247,3 +247,61 @@ def test_gpu_fit_pickles_to_cpu(blobs):
     np.testing.assert_allclose(
         restored.predict_proba(blobs[0]), clf.predict_proba(blobs[0]), rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def fitted_episode(blobs):
+    params = {**CHEAP, "batch_norm": "episode"}
+    return HyperRepresentationClassifier(**params).fit(*blobs)
+
+
+def test_episode_batch_norm_uses_the_statistics_of_each_set(blobs, fitted_episode):
+    X, _ = blobs
+    network = fitted_episode.representation_
+    assert all(
+        module.running_mean is None
+        for module in network.modules()
+        if isinstance(module, torch.nn.BatchNorm1d)
+    )
+    # Independent check: a batch norm layer normalizes with the batch's mean
+    # and (biased) variance; the features of a set depend on the whole set.
+    first = network[0](torch.as_tensor(X[:20], dtype=torch.float32))
+    normalized = network[1](first)
+    expected = (first - first.mean(0)) / torch.sqrt(first.var(0, unbiased=False) + 1e-5)
+    expected = expected * network[1].weight + network[1].bias
+    torch.testing.assert_close(normalized, expected, rtol=1e-4, atol=1e-5)
+    alone = fitted_episode.transform(X[:10])
+    assert not np.allclose(fitted_episode.transform(X[:20])[:10], alone)
+    np.testing.assert_array_equal(fitted_episode.transform(X[:10]), alone)
+
+
+def test_episode_scores_match_adapt_and_are_per_episode(blobs, fitted_episode):
+    X, y = blobs
+    support, query = sample_episodes(y, 3, 2, 4, 12, random_state=3)
+    batched = fitted_episode._episode_accuracies(X, support, query, 3)
+    # adapt() embeds the support set as one batch, score() the query set.
+    expected = [
+        fitted_episode.adapt(X[s], y[s]).score(X[q], y[q])
+        for s, q in zip(support, query, strict=True)
+    ]
+    np.testing.assert_allclose(batched, expected, atol=1e-12)
+    # An episode's score does not depend on the episodes beside it.
+    alone = [
+        fitted_episode._episode_accuracies(X, s[None], q[None], 3)[0]
+        for s, q in zip(support, query, strict=True)
+    ]
+    np.testing.assert_array_equal(batched, alone)
+
+
+def test_vmap_embeds_each_set_as_its_own_batch():
+    """The GPU path of set_features (torch.vmap) equals one call per set."""
+    from skbilevel.meta._training import set_features
+
+    network = conv4(n_filters=4)
+    torch.func.replace_all_batch_norm_modules_(network)
+    images = torch.randn(3, 5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    looped = set_features(network, images)
+    torch.testing.assert_close(
+        torch.vmap(network, randomness="different")(images), looped
+    )
+    torch.testing.assert_close(looped[1], network(images[1]))

@@ -71,29 +71,62 @@ def sample_episodes(y, n_way, n_shot, n_query=15, n_episodes=1, *, random_state=
     rng = check_random_state(random_state)
     _, y_index = np.unique(y, return_inverse=True)
     members = episode_pools(y_index, n_shot + n_query)
-    if len(members) < n_way:
+    if members.shape[0] < n_way:
         raise ValueError(
             f"n_way={n_way} classes with at least n_shot + n_query = "
-            f"{n_shot + n_query} examples each are needed; y has {len(members)}."
+            f"{n_shot + n_query} examples each are needed; y has {members.shape[0]}."
         )
     return draw_episodes(members, n_way, n_shot, n_query, n_episodes, rng)
 
 
 def episode_pools(y_index, min_count):
-    """Indices of each class with at least ``min_count`` examples."""
+    """Indices of each class with at least ``min_count`` examples.
+
+    Returns an array of shape (n_classes, largest class size), one row per
+    kept class, padded with -1 after the class's indices.
+    """
     order = np.argsort(y_index, kind="stable")
     counts = np.bincount(y_index)
-    pools = np.split(order, np.cumsum(counts)[:-1])
-    return [pool for pool in pools if pool.shape[0] >= min_count]
+    kept = np.flatnonzero(counts >= min_count)
+    starts = np.cumsum(counts) - counts
+    width = int(counts[kept].max()) if kept.shape[0] else 0
+    position = np.arange(width)
+    inside = position < counts[kept, None]
+    pools = np.full((kept.shape[0], width), -1, dtype=np.intp)
+    pools[inside] = order[(starts[kept, None] + position)[inside]]
+    return pools
 
 
 def draw_episodes(pools, n_way, n_shot, n_query, n_episodes, rng):
-    """Episodes from precomputed class pools (see :func:`episode_pools`)."""
-    support = np.empty((n_episodes, n_way, n_shot), dtype=np.intp)
-    query = np.empty((n_episodes, n_way, n_query), dtype=np.intp)
-    for episode in range(n_episodes):
-        for way, c in enumerate(rng.choice(len(pools), n_way, replace=False)):
-            chosen = rng.choice(pools[c], n_shot + n_query, replace=False)
-            support[episode, way] = chosen[:n_shot]
-            query[episode, way] = chosen[n_shot:]
-    return support.reshape(n_episodes, -1), query.reshape(n_episodes, -1)
+    """Episodes from precomputed class pools (see :func:`episode_pools`).
+
+    Vectorized: random keys are sorted instead of calling ``rng.choice`` per
+    class, which costs more than a GPU step on thousands of classes.
+    """
+    classes = _distinct_classes(pools.shape[0], n_way, n_episodes, rng)
+    keys = rng.random_sample((n_episodes, n_way, pools.shape[1]))
+    keys[pools[classes] < 0] = 2.0
+    chosen = np.take_along_axis(
+        pools[classes], np.argsort(keys, axis=2)[:, :, : n_shot + n_query], axis=2
+    )
+    support = chosen[:, :, :n_shot].reshape(n_episodes, -1)
+    return support, chosen[:, :, n_shot:].reshape(n_episodes, -1)
+
+
+def _distinct_classes(n_classes, n_way, n_episodes, rng):
+    """``n_way`` distinct classes per episode, uniformly at random.
+
+    Among many classes, rows with a repeated class are redrawn (rare when
+    ``n_way ** 2 < n_classes``); otherwise the classes of the smallest random
+    keys are taken.
+    """
+    if n_way * n_way >= n_classes:
+        keys = rng.random_sample((n_episodes, n_classes))
+        return np.argsort(keys, axis=1)[:, :n_way]
+    classes = rng.randint(n_classes, size=(n_episodes, n_way))
+    while True:
+        ordered = np.sort(classes, axis=1)
+        repeated = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+        if not repeated.any():
+            return classes
+        classes[repeated] = rng.randint(n_classes, size=(repeated.sum(), n_way))

@@ -30,22 +30,65 @@ def batched_features(network, X, index, device, dtype, batch_size):
     return torch.cat(parts).reshape(*np.shape(index), -1)
 
 
-def episode_accuracies(features, support, query, n_way, head_options):
-    """Query accuracy of each episode, given features of all examples.
+def set_features(network, images):
+    """Features ``(E, N, D)`` of ``E`` sets of images, each set one batch.
 
-    ``features`` is indexed by the rows of ``support`` and ``query`` (class-
-    major positions); heads are trained in chunks of episodes.
+    With batch statistics (``batch_norm="episode"``) every set is normalized
+    on its own. On a GPU, ``torch.vmap`` runs the sets as one computation; on
+    the CPU a loop over the sets is faster (measured: 2x on conv4).
     """
+    if images.device.type == "cpu":
+        return torch.stack([network(batch) for batch in images])
+    return torch.vmap(network, randomness="different")(images)
+
+
+def episode_embedding(
+    network, X, support, query, device, dtype, batch_norm, batch_size
+):
+    """A map from episode rows of ``support``/``query`` indices to features.
+
+    With ``batch_norm="running"`` the features of every sample used are
+    computed once; with ``"episode"`` each support set and each query set is
+    embedded as one batch, so that batch norm uses its statistics.
+    """
+    if batch_norm == "episode":
+        network.eval()
+
+        def embed(index):
+            images = torch.as_tensor(X[index]).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                return set_features(network, images)
+
+        return support, query, embed
+    index = np.concatenate([support, query], axis=1)
+    flat, inverse = np.unique(index, return_inverse=True)
+    features = batched_features(network, X, flat, device, dtype, batch_size)
+    inverse = inverse.reshape(index.shape)
+    n_sup = support.shape[1]
+
+    def lookup(rows):
+        return features[torch.as_tensor(rows, device=device)]
+
+    return inverse[:, :n_sup], inverse[:, n_sup:], lookup
+
+
+def episode_accuracies(embedding, n_way, head_options):
+    """Query accuracy of each episode.
+
+    ``embedding`` is ``(support, query, embed)`` as returned by
+    :func:`episode_embedding`; heads are trained in chunks of 64 episodes.
+    """
+    support, query, embed = embedding
     n_shot = support.shape[1] // n_way
     n_query = query.shape[1] // n_way
     scores = []
     for start in range(0, support.shape[0], 64):
-        sup = torch.as_tensor(support[start : start + 64], device=features.device)
-        qry = torch.as_tensor(query[start : start + 64], device=features.device)
-        y_sup = episode_labels(n_way, n_shot, sup.shape[0], features.device)
-        y_qry = episode_labels(n_way, n_query, sup.shape[0], features.device)
-        head = train_heads(features[sup], y_sup, n_way, **head_options)
-        predicted = head_logits(head, features[qry]).argmax(-1)
+        sup = embed(support[start : start + 64])
+        qry = embed(query[start : start + 64])
+        y_sup = episode_labels(n_way, n_shot, sup.shape[0], sup.device)
+        y_qry = episode_labels(n_way, n_query, sup.shape[0], sup.device)
+        head = train_heads(sup, y_sup, n_way, **head_options)
+        predicted = head_logits(head, qry).argmax(-1)
         scores.append((predicted == y_qry).double().mean(1).cpu().numpy())
     return np.concatenate(scores)
 
@@ -58,7 +101,9 @@ class MetaTrainer:
     """
 
     def __init__(self, estimator, network, X, pools, validation, rng, device, dtype):
-        self.est, self.network, self.X, self.pools = estimator, network, X, pools
+        self.est, self.network, self.pools = estimator, network, pools
+        # The training images move to the device once, not at every step.
+        self.X = torch.as_tensor(X).to(device=device, dtype=dtype)
         self.validation, self.rng = validation, rng
         self.device, self.dtype = device, dtype
         self.log_lr = torch.tensor(
@@ -86,8 +131,7 @@ class MetaTrainer:
         self.alpha = torch.tensor(estimator.alpha, device=device, dtype=dtype)
 
     def _gather(self, index):
-        batch = torch.as_tensor(self.X[index.reshape(-1)])
-        return batch.to(device=self.device, dtype=self.dtype)
+        return self.X[torch.as_tensor(index.reshape(-1), device=self.device)]
 
     def bilevel_step(self):
         est = self.est
@@ -101,7 +145,18 @@ class MetaTrainer:
         )
         index = np.concatenate([support, query], axis=1)
         self.network.train()
-        features = self.network(self._gather(index)).reshape(*index.shape, -1)
+        if est.batch_norm == "episode":
+            images = self._gather(index).reshape(*index.shape, *self.X.shape[1:])
+            n_sup = support.shape[1]
+            features = torch.cat(
+                [
+                    set_features(self.network, images[:, :n_sup]),
+                    set_features(self.network, images[:, n_sup:]),
+                ],
+                dim=1,
+            )
+        else:
+            features = self.network(self._gather(index)).reshape(*index.shape, -1)
         y_sup = episode_labels(est.n_way_, est.n_shot, index.shape[0], self.device)
         y_qry = episode_labels(est.n_way_, est.n_query_, index.shape[0], self.device)
         loss, grad = episode_hypergradient(
@@ -124,9 +179,9 @@ class MetaTrainer:
         est = self.est
         size = est.meta_batch_size * est.n_way_ * (est.n_shot + est.n_query_)
         classes = self.rng.randint(len(self.pools), size=size)
-        index = np.array(
-            [self.pools[c][self.rng.randint(len(self.pools[c]))] for c in classes]
-        )
+        sizes = (self.pools[classes] >= 0).sum(1)
+        position = (self.rng.random_sample(size) * sizes).astype(np.intp)
+        index = self.pools[classes, position]
         self.network.train()
         logits = self.joint_head(self.network(self._gather(index)))
         loss = F.cross_entropy(logits, torch.as_tensor(classes, device=self.device))
@@ -141,22 +196,18 @@ class MetaTrainer:
 
     def validate(self):
         X_val, support, query, n_way = self.validation
-        index = np.concatenate([support, query], axis=1)
-        flat, inverse = np.unique(index, return_inverse=True)
-        features = batched_features(
-            self.network, X_val, flat, self.device, self.dtype, self.est.batch_size
+        est = self.est
+        embedding = episode_embedding(
+            self.network,
+            X_val,
+            support,
+            query,
+            self.device,
+            self.dtype,
+            est.batch_norm,
+            est.batch_size,
         )
-        inverse = inverse.reshape(index.shape)
-        n_sup = support.shape[1]
-        return float(
-            episode_accuracies(
-                features,
-                inverse[:, :n_sup],
-                inverse[:, n_sup:],
-                n_way,
-                self.head_options(),
-            ).mean()
-        )
+        return float(episode_accuracies(embedding, n_way, self.head_options()).mean())
 
     def head_options(self):
         return {
