@@ -18,7 +18,7 @@ from sklearn.utils.validation import _num_samples
 from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
 from .hypergrad import METHODS
 from .problems._bilevel import learn
-from .problems._refit import LearnedSettings
+from .problems._refit import FoldSolutions, LearnedSettings, _same
 
 _SPECS = (Real, PerFeature, PerStep, PerLayer, SampleWeight)
 
@@ -187,8 +187,9 @@ class BilevelSearchCV(BaseSearchCV):
         Maximum number of outer steps (hypergradient evaluations) per run.
 
     tol : float, default=1e-4
-        Outer tolerance: relative decrease of the validation loss or
-        projected hypergradient for L-BFGS-B, largest change of the
+        Outer tolerance: relative decrease of the validation loss, or largest
+        projected hypergradient entry relative to the first one, for L-BFGS-B;
+        largest change of the
         unconstrained hyperparameters for Adam. The validation loss is only as
         precise as the inner solutions (``inner_tol``): a much smaller ``tol``
         spends outer steps on that noise.
@@ -392,22 +393,25 @@ class BilevelSearchCV(BaseSearchCV):
                 assert_all_finite(np.asarray(y), input_name="y")
         self._fit_inputs = {"estimator": self.estimator, "X": X, "y": y, **params}
         try:
-            array_keys = _array_keys(parsed)
-            if not array_keys:
+            if not continuous:
                 return super().fit(X, y, **params)
-            return self._fit_with_learned_arrays(X, y, array_keys, params)
+            return self._fit_delegated(X, y, _array_keys(parsed), params)
         finally:
             del self._fit_inputs
 
-    def _fit_with_learned_arrays(self, X, y, array_keys, params):
+    def _fit_delegated(self, X, y, array_keys, params):
         """Run scikit-learn's search on LearnedSettings, then unwrap the refit.
 
-        Learned arrays are not parameters of the estimator, so the search that
-        evaluates and refits them runs on a copy of this object whose estimator
-        is wrapped; its fitted attributes are then taken over.
+        Learned arrays are not parameters of the estimator, and the inner
+        solutions of the hypergradient runs are scored without refitting
+        (:class:`~skbilevel.problems._refit.FoldSolutions`), so the search
+        that evaluates and refits runs on a copy of this object whose
+        estimator is wrapped; its fitted attributes are then taken over.
         """
         delegate = copy.copy(self)
-        delegate.estimator = LearnedSettings(self.estimator, learned_keys=array_keys)
+        delegate.estimator = LearnedSettings(
+            self.estimator, learned_keys=array_keys, fold_solutions=FoldSolutions()
+        )
         index = np.arange(_num_samples(X))
         BaseSearchCV.fit(delegate, X, y, sample_index=index, **params)
         for name, value in vars(delegate).items():
@@ -451,6 +455,9 @@ class BilevelSearchCV(BaseSearchCV):
         seeds = check_random_state(self.random_state).randint(
             np.iinfo(np.int32).max, size=len(runs)
         )
+        store = getattr(self.estimator, "fold_solutions", None)
+        if store is not None:
+            store.splits = splits
         settings = self._settings()
         outcomes = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
             delayed(learn)(
@@ -469,10 +476,38 @@ class BilevelSearchCV(BaseSearchCV):
         )
         outcomes = iter(outcomes)
         candidates, self.history_, n_iter = [], [], []
-        for index, (combo, continuous, _) in enumerate(runs):
-            learned, history = next(outcomes) if continuous else ({}, [])
-            candidates.append({**combo, **learned})
-            self.history_.extend({"candidate": index, **entry} for entry in history)
-            n_iter.append(len(history))
+        for combo, continuous, _ in runs:
+            if not continuous:
+                candidates.append(combo)
+                n_iter.append(0)
+                continue
+            learned, history, solutions = next(outcomes)
+            if solutions is None or store is None:
+                # Settings only evaluated by refitting: the learned one.
+                self.history_.extend(
+                    {"candidate": len(candidates), **entry} for entry in history
+                )
+                candidates.append({**combo, **learned})
+                n_iter.append(len(history))
+                continue
+            # Every setting the run evaluated is a row, scored from its exact
+            # fold solutions.
+            first = len(candidates)
+            for entry, folds in zip(history, solutions["folds"]):
+                setting = {**combo, **entry["params"]}
+                row = next(
+                    (
+                        r
+                        for r in range(first, len(candidates))
+                        if all(_same(candidates[r][k], v) for k, v in setting.items())
+                    ),
+                    None,
+                )
+                if row is None:
+                    row = len(candidates)
+                    candidates.append(setting)
+                    n_iter.append(entry["step"] + 1)
+                    store.add(setting, folds, solutions["prefixes"])
+                self.history_.append({"candidate": row, **entry})
         self.n_iter_ = np.asarray(n_iter)
         evaluate_candidates(candidates)

@@ -8,8 +8,9 @@ import pytest
 import torch
 from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
+from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.metrics import mean_squared_error
+from sklearn.metrics import get_scorer, mean_squared_error
 from sklearn.model_selection import (
     GridSearchCV,
     GroupKFold,
@@ -28,6 +29,7 @@ from skbilevel._search import BilevelSearchCV
 from skbilevel.datasets import flip_labels
 from skbilevel.problems import make_problem
 from skbilevel.problems._bilevel import fold_data
+from skbilevel.problems._refit import LearnedSettings
 
 
 @pytest.fixture(scope="module")
@@ -178,11 +180,17 @@ def test_continuous_results_have_grid_search_keys(classification):
         LogisticRegression(), {"C": [1.0], "fit_intercept": [True, False]}, **kwargs
     ).fit(X, y)
     assert set(search.cv_results_) == set(grid.cv_results_)
-    assert len(search.cv_results_["params"]) == 2
+    # One row per setting the two runs evaluated (each outer step).
+    rows = search.cv_results_["params"]
+    assert len(rows) == len({entry["candidate"] for entry in search.history_})
+    assert len(rows) == len(search.n_iter_) > 2
+    for entry in search.history_:
+        row = rows[entry["candidate"]]
+        assert row["C"] == entry["params"]["C"]
+    assert {row["fit_intercept"] for row in rows} == {True, False}
     assert search.best_params_["fit_intercept"] in (True, False)
     frame = pd.DataFrame(search.cv_results_)
-    assert frame.shape[0] == 2
-    assert {entry["candidate"] for entry in search.history_} == {0, 1}
+    assert frame.shape[0] == len(rows)
     assert set(search.history_[0]) == {
         "candidate",
         "step",
@@ -373,3 +381,85 @@ def test_discrete_and_continuous_subspaces(regression):
         search.cv_results_["mean_test_score"][1:], grid.cv_results_["mean_test_score"]
     )
     assert list(search.n_iter_[1:]) == [0, 0] and search.n_iter_[0] >= 1
+
+
+@pytest.mark.parametrize(
+    "estimator, space, scoring, classifier",
+    [
+        (
+            make_pipeline(StandardScaler(), LogisticRegression(tol=1e-12)),
+            {"logisticregression__C": Real(1e-2, 1e2)},
+            ["accuracy", "neg_log_loss"],
+            True,
+        ),
+        (
+            LogisticRegression(tol=1e-12, max_iter=10_000),
+            {"C": PerFeature(1e-2, 1e2)},
+            ["neg_log_loss"],
+            True,
+        ),
+        (
+            Ridge(),
+            {"alpha": Real(1e-2, 1e2), "sample_weight": SampleWeight()},
+            ["r2"],
+            False,
+        ),
+        (
+            KernelRidge(kernel="rbf"),
+            {"alpha": Real(1e-3, 1e1), "gamma": Real(1e-3, 1e1)},
+            ["neg_mean_squared_error"],
+            False,
+        ),
+    ],
+)
+def test_rows_scored_from_fold_solutions_match_scikit_learn_fits(
+    estimator, space, scoring, classifier, monkeypatch
+):
+    """Every row is scored from the run's exact fold solutions, without
+    refitting; scikit-learn's own fits of the same settings give the same
+    validation scores (the oracle)."""
+    assembled = []
+    original = LearnedSettings._from_solution
+
+    def spy(self, *args):
+        assembled.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(LearnedSettings, "_from_solution", spy)
+    if classifier:
+        X, y = make_classification(
+            n_samples=120, n_features=5, n_informative=3, n_classes=3, random_state=0
+        )
+        cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    else:
+        X, y = make_regression(n_samples=80, n_features=4, noise=10.0, random_state=0)
+        cv = KFold(3, shuffle=True, random_state=0)
+    search = BilevelSearchCV(
+        estimator,
+        space,
+        cv=cv,
+        scoring=scoring,
+        refit=False,
+        max_iter=4,
+        inner_tol=1e-10,
+    ).fit(X, y)
+    results = search.cv_results_
+    assert len(results["params"]) >= 2
+    assert len(assembled) == 3 * len(results["params"])
+    monkeypatch.undo()
+    splits = list(cv.split(X, y))
+    for row, params in enumerate(results["params"]):
+        learned = {k: v for k, v in params.items() if isinstance(v, np.ndarray)}
+        model = LearnedSettings(
+            clone(estimator).set_params(
+                **{k: v for k, v in params.items() if k not in learned}
+            ),
+            learned_keys=tuple(learned),
+            learned=learned,
+        )
+        for k, (train, test) in enumerate(splits):
+            fitted = clone(model).fit(X[train], y[train], sample_index=train)
+            for name in scoring:
+                expected = get_scorer(name)(fitted, X[test], y[test])
+                got = results[f"split{k}_test_{name}"][row]
+                assert got == pytest.approx(expected, rel=1e-6, abs=1e-8), (row, k)

@@ -32,11 +32,23 @@ def _dense(X):
     return X.toarray() if sp.issparse(X) else X
 
 
-def fold_data(estimator, X, y, splits, sample_weight, device, dtype):
+def fit_prefixes(estimator, X, y, splits):
+    """The earlier steps of a Pipeline fitted on each fold's training part
+    (None for a plain estimator)."""
+    if not isinstance(estimator, Pipeline):
+        return None
+    return [
+        clone(estimator[:-1]).fit(_safe_indexing(X, train), _safe_indexing(y, train))
+        for train, _ in splits
+    ]
+
+
+def fold_data(estimator, X, y, splits, sample_weight, device, dtype, prefixes=None):
     """The final estimator and the :class:`FoldData` of the K folds.
 
-    The earlier steps of a Pipeline are fitted on each fold's training part and
-    transform all samples, giving one feature matrix per fold.
+    The earlier steps of a Pipeline are fitted on each fold's training part
+    (or given, fitted, as ``prefixes``) and transform all samples, giving one
+    feature matrix per fold.
     """
     y = np.array(y)
     if y.dtype.kind in "fc":
@@ -44,16 +56,9 @@ def fold_data(estimator, X, y, splits, sample_weight, device, dtype):
     n = len(y)
     if isinstance(estimator, Pipeline):
         final = estimator.steps[-1][1]
-        features = np.stack(
-            [
-                _dense(
-                    clone(estimator[:-1])
-                    .fit(_safe_indexing(X, train), _safe_indexing(y, train))
-                    .transform(X)
-                )
-                for train, _ in splits
-            ]
-        )
+        if prefixes is None:
+            prefixes = fit_prefixes(estimator, X, y, splits)
+        features = np.stack([_dense(prefix.transform(X)) for prefix in prefixes])
     else:
         final = estimator
         features = _dense(X)
@@ -105,10 +110,10 @@ def _resolved(settings, problem):
     method = settings["method"]
     if method == "auto":
         method = "reverse" if hasattr(problem, "dynamics") else "implicit_cg"
-    # Conjugate gradient to a relative residual of 1e-6 gives hypergradients
-    # accurate enough for the outer optimizer at a fraction of the cost of
-    # the engine's default 1e-10.
-    defaults = {"cg_tol": 1e-6, "max_iter": 500} if method == "implicit_cg" else {}
+    # Conjugate gradient to a relative residual of 1e-4 gives hypergradients
+    # accurate enough for the outer optimizer (whose tolerance is relative
+    # too) at a fraction of the cost of the engine's default 1e-8.
+    defaults = {"cg_tol": 1e-4, "max_iter": 500} if method == "implicit_cg" else {}
     options = {**defaults, **settings["method_params"]}
     return {**settings, "method": method, "method_params": options}
 
@@ -153,6 +158,10 @@ class _Objective:
         self.settings = settings
         self.params = problem.init_params()
         self.history = []
+        self.solutions = []
+        self.keeps_solutions = (
+            not hasattr(problem, "dynamics") and settings["method"] in _IMPLICIT
+        )
         self.start = time.perf_counter()
 
     def constrained(self, u):
@@ -173,6 +182,9 @@ class _Objective:
         else:
             result = self._argmin_hypergradient(u, method, options)
         self.params = result.params
+        if self.keeps_solutions:
+            # The exact fold solutions: the search scores them without refitting.
+            self.solutions.append(self.problem.fitted_attributes(result.params))
         norm = float(torch.sqrt(sum((g**2).sum() for g in result.grad.values())))
         entry = {
             "step": len(self.history),
@@ -251,9 +263,17 @@ def _lbfgs(objective, u0, settings):
     for name, value in u0.items():
         bounds.extend([_bounds(objective.specs[name], value)] * value.numel())
 
+    scale = []
+
     def fun(x):
         result = objective(_unflatten(x, u0))
-        return float(result.outer_loss), _flatten(result.grad).astype(np.float64)
+        grad = _flatten(result.grad).astype(np.float64)
+        if not scale:
+            # Scaled so that the first hypergradient's largest entry is 1: the
+            # first step then moves u by up to 1 (a factor e of a log-scale
+            # hyperparameter) whatever the scale of the validation loss.
+            scale.append(max(float(np.abs(grad).max()), np.finfo(float).tiny))
+        return float(result.outer_loss) / scale[0], grad / scale[0]
 
     solution = scipy.optimize.minimize(
         fun,
@@ -326,10 +346,23 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         User key to learned value (float, or ndarray for PerFeature,
         PerStep, PerLayer and SampleWeight).
     history : list of dict
-        One entry per outer step.
+        One entry per outer step (the last one at ``learned``).
+    solutions : dict or None
+        With an implicit method on a scikit-learn estimator: ``"folds"``, per
+        history entry the fitted attributes of each fold's exact inner
+        solution, and ``"prefixes"``, the fitted earlier steps of a Pipeline
+        per fold (or None).
     """
+    prefixes = fit_prefixes(estimator, X, y, splits)
     final, data = fold_data(
-        estimator, X, y, splits, sample_weight, settings["device"], settings["dtype"]
+        estimator,
+        X,
+        y,
+        splits,
+        sample_weight,
+        settings["device"],
+        settings["dtype"],
+        prefixes=prefixes,
     )
     names = {key: key.rsplit("__", 1)[-1] for key in space}
     specs = {names[key]: spec for key, spec in space.items()}
@@ -358,6 +391,18 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
             for key in space
         }
 
+    final_values = to_numpy(objective.constrained(u))
+    if not _same_values(final_values, objective.history[-1]["params"]):
+        # Adam's last update, or L-BFGS-B's best point before a failed line
+        # search: the history ends at the learned values.
+        objective(u)
     for entry in objective.history:
         entry["params"] = by_key(entry["params"])
-    return by_key(to_numpy(objective.constrained(u))), objective.history
+    solutions = None
+    if objective.keeps_solutions:
+        solutions = {"folds": objective.solutions, "prefixes": prefixes}
+    return by_key(final_values), objective.history, solutions
+
+
+def _same_values(a, b):
+    return all(np.array_equal(a[name], b[name]) for name in a)

@@ -75,10 +75,17 @@ def kernel_ridge(estimator, data: FoldData, options) -> Problem:
     def fitted_attributes(params):
         coefficients = (root * params["dual"]).detach().cpu().numpy()
         train = data.train.cpu().numpy().astype(bool)
+        features = X.cpu().numpy()
         folds = []
         for k in range(n_folds):
             dual = coefficients[k][train[k]]
-            folds.append({"dual_coef_": dual[:, 0] if one_dimensional else dual})
+            fold_features = features[k] if features.ndim == 3 else features
+            folds.append(
+                {
+                    "dual_coef_": dual[:, 0] if one_dimensional else dual,
+                    "X_fit_": fold_features[train[k]],
+                }
+            )
         return folds
 
     return Problem(init_params, inner_loss, outer_loss, solve, fitted_attributes)

@@ -10,12 +10,13 @@ parameter, which cross-validation slices like any per-sample array.
 """
 
 import numpy as np
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import FunctionTransformer
+from sklearn.preprocessing import FunctionTransformer, LabelBinarizer
 from sklearn.utils import get_tags
 from sklearn.utils._available_if import available_if
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import _get_feature_names, check_is_fitted
 
 from . import feature_scale
 
@@ -43,6 +44,84 @@ def with_learned_penalty(estimator, key, values):
     return Pipeline([step, (type(estimator).__name__.lower(), estimator)])
 
 
+def _same(a, b):
+    """Whether two parameter values are equal (arrays elementwise)."""
+    if a is b:
+        return True
+    try:
+        if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+            return np.shape(a) == np.shape(b) and bool(np.array_equal(a, b))
+        return bool(a == b) and type(a) is type(b)
+    except (TypeError, ValueError):
+        return False
+
+
+class FoldSolutions:
+    """The inner solutions of the hypergradient runs, per evaluated setting and fold.
+
+    A linear model's (or kernel ridge's) inner solution on a fold is exactly
+    the estimator scikit-learn would fit there, so the search scores it
+    without refitting. Clones share one store (it is read-only once the runs
+    are over): ``copy.deepcopy`` returns it as is.
+    """
+
+    def __init__(self):
+        self.splits = []
+        self.entries = []
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def add(self, params, folds, prefixes):
+        """Record the per-fold fitted attributes of the setting ``params``."""
+        self.entries.append((params, folds, prefixes))
+
+    def find(self, current, sample_index):
+        """(attributes, fitted prefix) of the fold trained on ``sample_index``
+        under the setting ``current(key)``, or None."""
+        sample_index = np.asarray(sample_index)
+        fold = next(
+            (
+                k
+                for k, (train, _) in enumerate(self.splits)
+                if train.shape == sample_index.shape
+                and np.array_equal(train, sample_index)
+            ),
+            None,
+        )
+        if fold is None:
+            return None
+        for params, folds, prefixes in self.entries:
+            if all(_same(current(key), value) for key, value in params.items()):
+                return folds[fold], None if prefixes is None else prefixes[fold]
+        return None
+
+
+def fitted_estimator(estimator, attributes, X_train, y_train):
+    """A clone of ``estimator`` holding the fitted ``attributes`` of a fold.
+
+    ``X_train`` (the features the estimator sees) and ``y_train`` give what
+    scikit-learn's ``fit`` would also set: classes, the number and names of
+    the features.
+    """
+    estimator = clone(estimator)
+    for name, value in attributes.items():
+        setattr(estimator, name, value)
+    estimator.n_features_in_ = np.shape(X_train)[1]
+    names = _get_feature_names(X_train)
+    if names is not None:
+        estimator.feature_names_in_ = names
+    if is_classifier(estimator):
+        estimator.classes_ = np.unique(y_train)
+    if isinstance(estimator, RidgeClassifier):
+        estimator._label_binarizer = LabelBinarizer(pos_label=1, neg_label=-1).fit(
+            y_train
+        )
+    if isinstance(estimator, LogisticRegression):
+        estimator.n_iter_ = np.zeros(1, dtype=np.int32)
+    return estimator
+
+
 def _delegate_has(method):
     return lambda self: hasattr(self.estimator, method)
 
@@ -61,15 +140,20 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
     learned : dict, default=None
         Values of the ``learned_keys``; sample weights cover all the samples of
         the search, indexed at fit time by ``sample_index``.
+    fold_solutions : FoldSolutions, default=None
+        Inner solutions of the hypergradient runs: fitting on a fold's
+        training part under a setting found there assembles the fitted
+        estimator from the solution instead of refitting.
     """
 
-    def __init__(self, estimator, learned_keys=(), learned=None):
+    def __init__(self, estimator, learned_keys=(), learned=None, fold_solutions=None):
         self.estimator = estimator
         self.learned_keys = learned_keys
         self.learned = learned
+        self.fold_solutions = fold_solutions
 
     def set_params(self, **params):
-        own = ("estimator", "learned_keys", "learned")
+        own = ("estimator", "learned_keys", "learned", "fold_solutions")
         super().set_params(**{k: params.pop(k) for k in own if k in params})
         learned = {k: params.pop(k) for k in list(params) if k in self.learned_keys}
         if learned:
@@ -86,8 +170,46 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         tags.regressor_tags = inner.regressor_tags
         return tags
 
+    def _current(self, key):
+        if key in self.learned_keys:
+            return (self.learned or {}).get(key)
+        return self.estimator.get_params()[key]
+
+    def _from_solution(self, X, y, found):
+        """The fitted estimator assembled from a fold's inner solution."""
+        attributes, prefix = found
+        learned = dict(self.learned or {})
+        learned.pop("sample_weight", None)
+        estimator = self.estimator
+        final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+        steps = list(prefix.steps) if prefix is not None else []
+        features = prefix.transform(X) if prefix is not None else X
+        attributes = dict(attributes)
+        for key, values in learned.items():
+            # Per-feature penalties: w_j on s_j x_j is w_j / s_j.
+            scale = feature_scale(key.rsplit("__", 1)[-1], values)
+            step = FunctionTransformer(_rescale, kw_args={"scale": scale})
+            steps.append(("feature_scale", step.fit(features)))
+            features = step.transform(features)
+            attributes["coef_"] = np.asarray(attributes["coef_"]) / scale
+            final = clone(final).set_params(**{key.rsplit("__", 1)[-1]: 1.0})
+        fitted = fitted_estimator(final, attributes, features, y)
+        if not steps:
+            return fitted
+        name = (
+            estimator.steps[-1][0]
+            if isinstance(estimator, Pipeline)
+            else type(estimator).__name__.lower()
+        )
+        return Pipeline(steps + [(name, fitted)])
+
     def fit(self, X, y=None, sample_index=None, **fit_params):
         """Fit the plain scikit-learn estimator that expresses the learned values."""
+        if self.fold_solutions is not None and sample_index is not None:
+            found = self.fold_solutions.find(self._current, sample_index)
+            if found is not None:
+                self.estimator_ = self._from_solution(X, y, found)
+                return self
         learned = dict(self.learned or {})
         weights = learned.pop("sample_weight", None)
         estimator = self.estimator
