@@ -286,6 +286,26 @@ def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
     assert dot(v, pv) > 0
 
 
+def test_many_features_solved_by_lbfgs_match_scikit_learn():
+    """Past 8 c + 64 features the inner solver is L-BFGS, and the
+    preconditioner's left factor is computed once."""
+    X, y = make_classification(
+        n_samples=150, n_features=80, n_informative=10, random_state=0
+    )
+    estimator = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)
+    problem, params, hparams, splits = _solve(
+        estimator, X, y, hparams={"C": 0.5}, classifier=True
+    )
+    _check_folds(estimator, X, y, problem.fitted_attributes(params), splits, rtol=1e-4)
+    first = problem.curvature(params, hparams)
+    second = problem.curvature(params, hparams)
+    v = {k: torch.ones_like(p) for k, p in params.items()}
+    for name in params:
+        torch.testing.assert_close(
+            first.precondition(v)[name], second.precondition(v)[name]
+        )
+
+
 def test_newton_solution_is_stationary_and_warm_starts():
     X, y = _classification(3)
     problem, params, hparams, _ = _solve(

@@ -256,6 +256,8 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         return self.estimator_.decision_function(X)
 
     @available_if(_delegate_has("score"))
-    def score(self, X, y, **params):
+    def score(self, X, y, sample_weight=None):
         check_is_fitted(self)
-        return self.estimator_.score(X, y, **params)
+        if sample_weight is None:
+            return self.estimator_.score(X, y)
+        return self.estimator_.score(X, y, sample_weight=sample_weight)
