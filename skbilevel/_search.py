@@ -103,9 +103,11 @@ class BilevelSearchCV(BaseSearchCV):
     of values are searched exhaustively, exactly as
     :class:`~sklearn.model_selection.GridSearchCV` does. Every combination of
     discrete values gets its own hypergradient run (``n_restarts`` of them),
-    and each learned setting is then evaluated and ranked by scikit-learn's own
-    search machinery, so ``cv_results_``, ``refit``, ``scoring`` and the
-    ``best_*`` attributes mean what they mean in GridSearchCV.
+    and every setting a run evaluates is a row of ``cv_results_``, scored and
+    ranked by scikit-learn's own search machinery (from the run's exact fold
+    solutions, without refitting, where the inner problem is an argmin), so
+    ``cv_results_``, ``refit``, ``scoring`` and the ``best_*`` attributes mean
+    what they mean in GridSearchCV.
 
     Read more in the :ref:`User Guide <search>`.
 
@@ -218,7 +220,8 @@ class BilevelSearchCV(BaseSearchCV):
     Attributes
     ----------
     cv_results_ : dict of numpy (masked) ndarrays
-        As in GridSearchCV, one row per evaluated setting.
+        As in GridSearchCV, one row per evaluated setting: every outer step
+        of the implicit runs, the learned setting of the others.
     best_estimator_ : estimator
         The refitted plain scikit-learn estimator; a learned per-feature
         penalty is a rescaling step in front of it.
@@ -242,8 +245,8 @@ class BilevelSearchCV(BaseSearchCV):
         ``step``, ``params`` (hyperparameter values), ``outer_loss``,
         ``hypergradient_norm`` and ``time`` (seconds since the run started).
     n_iter_ : ndarray of shape (n_candidates,)
-        Outer steps of the run behind each row of ``cv_results_`` (0 for
-        settings of discrete values only).
+        Outer steps the run behind each row of ``cv_results_`` had taken at
+        that row (0 for settings of discrete values only).
     classes_ : ndarray of shape (n_classes,)
         Class labels, for classifiers.
     n_features_in_ : int
