@@ -5,19 +5,30 @@ N-way K-shot accuracy on the 323 meta-test characters (in 4 rotations),
 600 test episodes, mean and 95% confidence half-width. It compares
 
 * the hyper-representation (bilevel meta-training of conv4 + learned inner
-  learning rate; one model per shot count, meta-trained on ``--train-way``-way
-  episodes and evaluated on every setting with that shot count),
+  learning rate); by default one model per setting, meta-trained on episodes
+  of that setting as in the paper (``--train-way 5`` instead trains one model
+  per shot count on 5-way episodes and evaluates it on every setting with
+  that shot count),
 * the classical baseline (the same network trained jointly on all training
   classes, evaluated by the same T-step heads),
-* plain scikit-learn classifiers on raw pixels, cloned per episode.
+* scikit-learn classifiers on raw pixels, cloned per episode (``--pixels``).
 
-Meta-training is limited by ``--max-time`` seconds (and ``--max-iter`` steps);
-meta-validation accuracy (5-way episodes from the 100 validation characters) is
-logged every ``--validation-interval`` steps, giving an accuracy-vs-time curve.
+All meta-training shares one wall-clock budget, ``--budget`` seconds: the
+joint baseline gets ``--joint-share`` of it and the bilevel models split the
+rest equally. Meta-validation accuracy (episodes of the model's setting drawn
+from the 100 validation characters) is logged every ``--validation-interval``
+steps, giving an accuracy-vs-time curve. Tables are written to
+``benchmarks/results/bench_few_shot[_TAG].md`` and ``..._curve.csv``.
 
-Usage::
+Usage (CPU, the 5-way settings, 40 minutes of meta-training)::
 
-    python benchmarks/bench_few_shot.py --data /work/shared/data --max-time 1800
+    nice -n 5 python benchmarks/bench_few_shot.py --threads 1 \\
+        --settings 5,1 5,5 --budget 2400 --tag cpu
+
+Usage (GPU, the four settings and the joint baseline in about 7 minutes)::
+
+    python benchmarks/bench_few_shot.py --device cuda --budget 300 \\
+        --meta-batch-size 32 --validation-interval 500 --tag gpu
 """
 
 import argparse
@@ -41,37 +52,60 @@ def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="/work/shared/data")
     parser.add_argument("--settings", nargs="+", default=["5,1", "5,5", "20,1", "20,5"])
-    parser.add_argument("--train-way", type=int, default=5)
-    parser.add_argument("--max-time", type=float, default=1800.0)
-    parser.add_argument("--joint-max-time", type=float, default=None)
-    parser.add_argument("--max-iter", type=int, default=100000)
+    parser.add_argument(
+        "--train-way",
+        type=int,
+        default=None,
+        help="train one model per shot count on this way (default: one per setting)",
+    )
+    parser.add_argument("--budget", type=float, default=1800.0)
+    parser.add_argument("--joint-share", type=float, default=0.15)
+    parser.add_argument("--max-iter", type=int, default=1_000_000)
     parser.add_argument("--meta-batch-size", type=int, default=16)
+    parser.add_argument("--T", type=int, default=5)
+    parser.add_argument(
+        "--batch-norm", default="episode", choices=["episode", "running"]
+    )
     parser.add_argument("--validation-interval", type=int, default=250)
-    parser.add_argument("--episodes", type=int, default=600)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--validation-episodes", type=int, default=100)
+    parser.add_argument("--test-episodes", type=int, default=600)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--skip-joint", action="store_true")
-    parser.add_argument("--skip-pixels", action="store_true")
-    parser.add_argument("--name", default="bench_few_shot")
+    parser.add_argument("--pixels", default="knn", choices=["none", "knn", "all"])
+    parser.add_argument("--tag", default="", help="suffix of the result files")
+    parser.add_argument("--verbose", type=int, default=1, help="progress bars")
+    parser.add_argument(
+        "--train-classes",
+        type=int,
+        default=None,
+        help="keep only this many training classes (quick smoke runs)",
+    )
     return parser.parse_args()
 
 
-def meta_train(args, splits, n_shot, training, max_time):
+def meta_train(args, splits, n_way, n_shot, training, max_time):
     model = HyperRepresentationClassifier(
         "conv4",
-        n_way=args.train_way,
+        n_way=n_way,
         n_shot=n_shot,
+        T=args.T,
         meta_batch_size=args.meta_batch_size,
         max_iter=args.max_iter,
         max_time=max_time,
         validation_interval=args.validation_interval,
+        n_validation_episodes=args.validation_episodes,
         training=training,
+        batch_norm=args.batch_norm if training == "bilevel" else "running",
+        device=args.device,
         random_state=0,
-        verbose=1,
+        verbose=args.verbose,
     )
     start = time.perf_counter()
     model.fit(*splits["train"], validation_data=splits["val"])
     fit_time = time.perf_counter() - start
-    curve = pd.DataFrame(model.history_).assign(model=f"{training} {n_shot}-shot")
+    name = f"{training} {n_way}-way {n_shot}-shot"
+    curve = pd.DataFrame(model.history_).assign(model=name)
     return model, fit_time, curve
 
 
@@ -85,7 +119,7 @@ def evaluate(name, model, X, y, settings, args, meta_time=np.nan, fit_time=np.na
             y,
             n_way=n_way,
             n_shot=n_shot,
-            n_episodes=args.episodes,
+            n_episodes=args.test_episodes,
             random_state=0,
         )
         rows.append(
@@ -94,8 +128,8 @@ def evaluate(name, model, X, y, settings, args, meta_time=np.nan, fit_time=np.na
                 "method": name,
                 "accuracy %": f"{100 * mean:.2f} +- {100 * ci95:.2f}",
                 "paper %": PAPER.get((n_way, n_shot)),
-                "meta-training s": round(meta_time, 1),
-                "fit s": round(fit_time, 1),
+                "meta-training s": round(float(meta_time), 1),
+                "fit s": round(float(fit_time), 1),
                 "eval s": round(time.perf_counter() - start, 1),
             }
         )
@@ -103,62 +137,98 @@ def evaluate(name, model, X, y, settings, args, meta_time=np.nan, fit_time=np.na
     return rows
 
 
-def main():
-    args = parse_args()
-    torch.set_num_threads(args.threads)
-    settings = [tuple(int(v) for v in s.split(",")) for s in args.settings]
-    splits = omniglot_few_shot_splits(load_omniglot(args.data), random_state=0)
-    X_test, y_test = splits["test"]
+def training_plan(args, settings):
+    """``(n_way, n_shot, settings evaluated)`` of each bilevel model."""
+    if args.train_way is None:
+        return [(n_way, n_shot, [(n_way, n_shot)]) for n_way, n_shot in settings]
+    shots = sorted({shot for _, shot in settings})
+    return [
+        (args.train_way, shot, [s for s in settings if s[1] == shot]) for shot in shots
+    ]
+
+
+def bilevel_rows(args, splits, plan, max_time):
     rows, curves = [], []
-    for n_shot in sorted({shot for _, shot in settings}):
-        model, fit_time, curve = meta_train(
-            args, splits, n_shot, "bilevel", args.max_time
-        )
+    for n_way, n_shot, evaluated in plan:
+        try:
+            model, fit_time, curve = meta_train(
+                args, splits, n_way, n_shot, "bilevel", max_time
+            )
+        except RuntimeError as error:
+            # A one-off GPU run keeps the other rows of the table.
+            print(f"{n_way}-way {n_shot}-shot failed: {error!r}", flush=True)
+            rows += [failed_row(setting, error) for setting in evaluated]
+            continue
         curves.append(curve)
-        wanted = [s for s in settings if s[1] == n_shot]
         rows += evaluate(
-            f"hyper-representation ({args.train_way}-way {n_shot}-shot trained, "
+            f"hyper-representation ({n_way}-way {n_shot}-shot trained, "
             f"{model.n_iter_} steps, lr={model.learning_rate_:.3g})",
             model,
-            X_test,
-            y_test,
-            wanted,
+            *splits["test"],
+            evaluated,
             args,
             curve["time"].iloc[-1],
             fit_time,
         )
+    return rows, curves
+
+
+def failed_row(setting, error):
+    n_way, n_shot = setting
+    return {
+        "setting": f"{n_way}-way {n_shot}-shot",
+        "method": "hyper-representation",
+        "accuracy %": f"failed: {str(error).splitlines()[0][:80]}",
+        "paper %": PAPER.get(setting),
+    }
+
+
+def baseline_rows(args, splits, settings, max_time):
+    rows, curves = [], []
     if not args.skip_joint:
-        joint_time = args.joint_max_time or args.max_time
-        model, fit_time, curve = meta_train(args, splits, 1, "joint", joint_time)
+        model, fit_time, curve = meta_train(args, splits, 5, 1, "joint", max_time)
         curves.append(curve)
         rows += evaluate(
             f"classical joint training ({model.n_iter_} steps)",
             model,
-            X_test,
-            y_test,
+            *splits["test"],
             settings,
             args,
             curve["time"].iloc[-1],
             fit_time,
         )
-    if not args.skip_pixels:
-        flat = X_test.reshape(len(X_test), -1)
-        rows += evaluate(
-            "1-NN, raw pixels", KNeighborsClassifier(1), flat, y_test, settings, args
-        )
-        rows += evaluate(
-            "LogisticRegression, raw pixels",
-            LogisticRegression(max_iter=200),
-            flat,
-            y_test,
-            settings,
-            args,
-        )
-    write(
-        args,
-        pd.DataFrame(rows).sort_values(["setting", "method"], kind="stable"),
-        pd.concat(curves),
-    )
+    X_test, y_test = splits["test"]
+    flat = X_test.reshape(len(X_test), -1)
+    pixels = {"knn": [("1-NN", KNeighborsClassifier(1))]}
+    pixels["all"] = pixels["knn"] + [
+        ("LogisticRegression", LogisticRegression(max_iter=200))
+    ]
+    for name, estimator in pixels.get(args.pixels, []):
+        rows += evaluate(f"{name}, raw pixels", estimator, flat, y_test, settings, args)
+    return rows, curves
+
+
+def main():
+    args = parse_args()
+    start = time.perf_counter()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = True
+    settings = [tuple(int(v) for v in s.split(",")) for s in args.settings]
+    splits = omniglot_few_shot_splits(load_omniglot(args.data), random_state=0)
+    if args.train_classes is not None:
+        X, y = splits["train"]
+        keep = np.isin(y, np.unique(y)[: args.train_classes])
+        splits["train"] = (X[keep], y[keep])
+    print(f"data loaded in {time.perf_counter() - start:.1f} s", flush=True)
+    plan = training_plan(args, settings)
+    joint_time = 0.0 if args.skip_joint else args.joint_share * args.budget
+    per_model = (args.budget - joint_time) / len(plan)
+    rows, curves = bilevel_rows(args, splits, plan, per_model)
+    more_rows, more_curves = baseline_rows(args, splits, settings, joint_time or None)
+    table = pd.DataFrame(rows + more_rows)
+    table = table.sort_values(["setting", "method"], kind="stable")
+    write(args, table, pd.concat(curves + more_curves), per_model, start)
 
 
 def markdown(frame):
@@ -168,19 +238,26 @@ def markdown(frame):
     return "\n".join(lines)
 
 
-def write(args, table, curves):
+def write(args, table, curves, per_model, start):
+    device = torch.device("cuda" if args.device == "auto" else args.device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        where = torch.cuda.get_device_name(device)
+    else:
+        where = f"CPU, {torch.get_num_threads()} threads"
     header = (
-        f"# Omniglot few-shot, {args.episodes} test episodes, "
-        f"{torch.get_num_threads()} CPU threads, meta-batch {args.meta_batch_size}, "
-        f"budget {args.max_time:.0f} s per meta-training run\n\n"
+        f"# Omniglot few-shot, {args.test_episodes} test episodes ({where})\n\n"
+        f"Meta-batch {args.meta_batch_size}, T={args.T}, batch norm "
+        f"{args.batch_norm!r} (bilevel), budget {per_model:.0f} s per bilevel "
+        f"model; whole run {time.perf_counter() - start:.0f} s.\n\n"
     )
     text = header + markdown(table) + "\n"
-    text += "\n## Meta-validation accuracy vs time (5-way episodes, 100 val chars)\n\n"
+    text += "\n## Meta-validation accuracy vs time (100 validation characters)\n\n"
     text += markdown(curves.round(4)) + "\n"
     print(text)
+    name = "bench_few_shot" + (f"_{args.tag}" if args.tag else "")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(text)
-    curves.to_csv(RESULTS / f"{args.name}_curve.csv", index=False)
+    (RESULTS / f"{name}.md").write_text(text)
+    curves.to_csv(RESULTS / f"{name}_curve.csv", index=False)
 
 
 if __name__ == "__main__":
