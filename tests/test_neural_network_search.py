@@ -8,6 +8,8 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import Ridge
 from sklearn.metrics import log_loss
 from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skbilevel import (
     BilevelSearchCV,
@@ -245,3 +247,24 @@ def test_vector_entries_refused_where_they_mean_nothing(
     X, y = data
     with pytest.raises(ValueError, match=message):
         BilevelSearchCV(estimator, space, max_iter=1, cv=2).fit(X, y)
+
+
+def test_schedule_in_a_pipeline_by_every_unrolled_method(data):
+    X, y = data
+    pipe = make_pipeline(StandardScaler(), _mlp(0.01).set_params(max_iter=12))
+    space = {"torchmlpclassifier__learning_rate": PerStep(1e-4, 1.0, n_blocks=4)}
+    learned = {}
+    for method, options in [
+        ("reverse", None),
+        ("forward", None),
+        ("truncated_reverse", {"K": 3}),
+    ]:
+        search = BilevelSearchCV(
+            pipe, space, method=method, method_params=options, max_iter=2, cv=2
+        ).fit(X, y)
+        learned[method] = search.best_params_["torchmlpclassifier__learning_rate"]
+    np.testing.assert_allclose(learned["forward"], learned["reverse"], rtol=1e-8)
+    # Truncated to the last 3 of 12 steps: only the last block's rate moves.
+    start = PerStep(1e-4, 1.0).transform(PerStep(1e-4, 1.0).initial()).item()
+    np.testing.assert_allclose(learned["truncated_reverse"][:3], start, rtol=1e-12)
+    assert learned["truncated_reverse"][3] != pytest.approx(start)
