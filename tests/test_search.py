@@ -469,3 +469,25 @@ def test_rows_scored_from_fold_solutions_match_scikit_learn_fits(
                 expected = get_scorer(name)(fitted, X[test], y[test])
                 got = results[f"split{k}_test_{name}"][row]
                 assert got == pytest.approx(expected, rel=1e-6, abs=1e-8), (row, k)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_search_matches_cpu():
+    """The same runs on a GPU (float64): same settings, scores and refit."""
+    X, y = make_classification(
+        n_samples=150, n_features=6, n_informative=4, n_classes=3, random_state=0
+    )
+    space = {"C": Real(1e-2, 1e2), "sample_weight": SampleWeight()}
+    kwargs = {"cv": 3, "max_iter": 4, "outer_optimizer": "adam"}
+    cpu = BilevelSearchCV(LogisticRegression(), space, device="cpu", **kwargs)
+    gpu = BilevelSearchCV(LogisticRegression(), space, device="cuda", **kwargs)
+    cpu.fit(X, y)
+    gpu.fit(X, y)
+    np.testing.assert_allclose(
+        gpu.best_params_["sample_weight"], cpu.best_params_["sample_weight"], atol=1e-6
+    )
+    assert gpu.best_params_["C"] == pytest.approx(cpu.best_params_["C"], rel=1e-6)
+    np.testing.assert_allclose(
+        gpu.cv_results_["mean_test_score"], cpu.cv_results_["mean_test_score"]
+    )
+    np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
