@@ -293,9 +293,12 @@ def test_many_features_solved_by_lbfgs_match_scikit_learn():
         n_samples=150, n_features=80, n_informative=10, random_state=0
     )
     estimator = LogisticRegression(C=0.5, tol=1e-10, max_iter=10_000)
-    problem, params, hparams, splits = _solve(
-        estimator, X, y, hparams={"C": 0.5}, classifier=True
-    )
+    splits = list(StratifiedKFold(3).split(X, y))
+    final, data = fold_data(estimator, X, y, splits, None, "cpu", "float64")
+    options = {"tol": 1e-8, "max_iter": 2000}
+    problem = make_problem(final, data, {"C": "real"}, options)
+    hparams = {"C": torch.tensor(0.5, dtype=torch.float64)}
+    params = problem.solve(problem.init_params(), hparams)
     _check_folds(estimator, X, y, problem.fitted_attributes(params), splits, rtol=1e-4)
     first = problem.curvature(params, hparams)
     second = problem.curvature(params, hparams)

@@ -366,9 +366,24 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 )
             if newton:
                 return newton_solve(params, hparams, **spec["solver_options"])
-        return lbfgs_solve(
+        solution = lbfgs_solve(
             lambda p: inner_loss(p, hparams), params, **spec["solver_options"]
         )
+        with torch.enable_grad():
+            leaves = {k: v.clone().requires_grad_() for k, v in solution.items()}
+            grads = torch.autograd.grad(
+                inner_loss(leaves, hparams), list(leaves.values())
+            )
+        tol = spec["solver_options"]["tol"]
+        if max(float(g.abs().max()) for g in grads) > tol:
+            warnings.warn(
+                f"The inner problem was not solved to tol={tol} in "
+                f"{spec['solver_options']['max_iter']} L-BFGS iterations "
+                "(inner_steps); hypergradients and scores may be inaccurate.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return solution
 
     def fitted_attributes(params):
         folds = []
