@@ -189,8 +189,9 @@ class BilevelSearchCV(BaseSearchCV):
         Maximum number of outer steps (hypergradient evaluations) per run.
 
     tol : float, default=1e-4
-        Outer tolerance: relative decrease of the validation loss, or largest
-        projected hypergradient entry relative to the first one, for L-BFGS-B;
+        Outer tolerance: relative decrease of the validation loss, largest
+        projected hypergradient entry relative to the first one, or (times
+        100) largest move of the unconstrained hyperparameters, for L-BFGS-B;
         largest change of the
         unconstrained hyperparameters for Adam. The validation loss is only as
         precise as the inner solutions (``inner_tol``): a much smaller ``tol``

@@ -275,12 +275,24 @@ def _lbfgs(objective, u0, settings):
             scale.append(max(float(np.abs(grad).max()), np.finfo(float).tiny))
         return float(result.outer_loss) / scale[0], grad / scale[0]
 
+    previous = [_flatten(u0).astype(np.float64)]
+
+    def small_step(intermediate_result):
+        # Moves of the unconstrained values below 100 tol (1% of a log-scale
+        # hyperparameter by default) change no score: further steps only
+        # chase the inner solutions' rounding.
+        change = np.abs(intermediate_result.x - previous[0]).max()
+        previous[0] = intermediate_result.x.copy()
+        if change <= 100 * settings["tol"]:
+            raise StopIteration
+
     solution = scipy.optimize.minimize(
         fun,
         _flatten(u0).astype(np.float64),
         jac=True,
         method="L-BFGS-B",
         bounds=bounds,
+        callback=small_step,
         options={
             "maxiter": settings["max_iter"],
             "maxfun": settings["max_iter"],
