@@ -37,7 +37,10 @@ Usage::
     nice python benchmarks/bench_dynamics.py --data /work/shared/data/mnist.npz \\
         --threads 1
     nice python benchmarks/bench_dynamics.py --n-train 5000 --n-val 5000 \\
-        --memory-T --threads 1 --output benchmarks/results/bench_dynamics_5000.md
+        --checkpoints 5 10 20 40 --memory-T --threads 1 \\
+        --output benchmarks/results/bench_dynamics_5000.md
+
+How to read the results: benchmarks/results/bench_dynamics_notes.md.
 """
 
 import argparse
