@@ -182,8 +182,11 @@ class BilevelSearchCV(BaseSearchCV):
         Maximum iterations of the inner solver (implicit methods), or the
         number of unrolled steps ``T`` (the others).
 
-    inner_tol : float, default=1e-6
-        Gradient tolerance of the inner solver.
+    inner_tol : float, default=1e-5
+        Gradient tolerance of the inner solver (largest entry of the gradient
+        of the training loss, which scikit-learn's objectives average over
+        the samples). Newton's method on few features overshoots it; L-BFGS
+        on many features stops there.
 
     max_iter : int, default=30
         Maximum number of outer steps (hypergradient evaluations) per run.
@@ -317,7 +320,7 @@ class BilevelSearchCV(BaseSearchCV):
         method="auto",
         method_params=None,
         inner_steps=100,
-        inner_tol=1e-6,
+        inner_tol=1e-5,
         max_iter=30,
         tol=1e-4,
         outer_optimizer="lbfgs",

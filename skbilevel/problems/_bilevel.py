@@ -257,6 +257,10 @@ def _unflatten(x, like):
     return u
 
 
+class _Stalled(Exception):
+    """The outer line search backtracked to the best point it had evaluated."""
+
+
 def _lbfgs(objective, u0, settings):
     """Outer L-BFGS-B on the box of the unconstrained variables."""
     bounds = []
@@ -264,8 +268,18 @@ def _lbfgs(objective, u0, settings):
         bounds.extend([_bounds(objective.specs[name], value)] * value.numel())
 
     scale = []
+    evaluated = []
 
     def fun(x):
+        if evaluated:
+            losses = [entry["outer_loss"] for entry in objective.history]
+            best = evaluated[int(np.argmin(losses))]
+            if np.abs(x - best).max() <= 100 * settings["tol"]:
+                # The line search backtracks to within the step tolerance of
+                # the best point: the hypergradient no longer agrees with the
+                # loss at the inner solutions' precision.
+                raise _Stalled
+        evaluated.append(x.copy())
         result = objective(_unflatten(x, u0))
         grad = _flatten(result.grad).astype(np.float64)
         if not scale:
@@ -286,20 +300,24 @@ def _lbfgs(objective, u0, settings):
         if change <= 100 * settings["tol"]:
             raise StopIteration
 
-    solution = scipy.optimize.minimize(
-        fun,
-        _flatten(u0).astype(np.float64),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        callback=small_step,
-        options={
-            "maxiter": settings["max_iter"],
-            "maxfun": settings["max_iter"],
-            "ftol": settings["tol"],
-            "gtol": settings["tol"],
-        },
-    )
+    try:
+        solution = scipy.optimize.minimize(
+            fun,
+            _flatten(u0).astype(np.float64),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            callback=small_step,
+            options={
+                "maxiter": settings["max_iter"],
+                "maxfun": settings["max_iter"],
+                "ftol": settings["tol"],
+                "gtol": settings["tol"],
+            },
+        )
+    except _Stalled:
+        losses = [entry["outer_loss"] for entry in objective.history]
+        return _unflatten(evaluated[int(np.argmin(losses))], u0)
     return _unflatten(solution.x, u0)
 
 
