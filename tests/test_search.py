@@ -9,7 +9,12 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.kernel_ridge import KernelRidge
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import (
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+)
 from sklearn.metrics import get_scorer, mean_squared_error
 from sklearn.model_selection import (
     GridSearchCV,
@@ -411,6 +416,12 @@ def test_discrete_and_continuous_subspaces(regression):
             False,
         ),
         (
+            RidgeClassifier(),
+            {"alpha": Real(1e-2, 1e2)},
+            ["accuracy", "balanced_accuracy"],
+            True,
+        ),
+        (
             KernelRidge(kernel="rbf"),
             {"alpha": Real(1e-3, 1e1), "gamma": Real(1e-3, 1e1)},
             ["neg_mean_squared_error"],
@@ -491,3 +502,17 @@ def test_gpu_search_matches_cpu():
         gpu.cv_results_["mean_test_score"], cpu.cv_results_["mean_test_score"]
     )
     np.testing.assert_array_equal(gpu.predict(X), cpu.predict(X))
+
+
+def test_sgd_settings_are_refitted_not_taken_from_the_minimizer():
+    """SGD's fit only approximates the minimizer: its learned setting is one
+    row, scored by refitting SGD itself."""
+    X, y = make_classification(n_samples=120, n_features=5, random_state=0)
+    search = BilevelSearchCV(
+        SGDClassifier(loss="log_loss", random_state=0),
+        {"alpha": Real(1e-4, 1e0)},
+        cv=3,
+        max_iter=3,
+    ).fit(X, y)
+    assert len(search.cv_results_["params"]) == 1
+    assert search.n_iter_[0] == len(search.history_)

@@ -15,6 +15,8 @@ import scipy.optimize
 import scipy.sparse as sp
 import torch
 from sklearn.base import clone
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, assert_all_finite, check_array
 
@@ -24,6 +26,7 @@ from . import make_problem
 from ._base import FoldData
 
 _IMPLICIT = ("implicit_cg", "implicit_fixed_point")
+EXACT_FITS = (Ridge, RidgeClassifier, LogisticRegression, KernelRidge)
 
 
 def _dense(X):
@@ -152,7 +155,7 @@ def _largest_curvature(inner_loss, params, hparams, n_iter=20):
 class _Objective:
     """The outer objective of one run, with warm-started inner parameters."""
 
-    def __init__(self, problem, specs, settings):
+    def __init__(self, problem, specs, settings, exact_fit=True):
         self.problem = problem
         self.specs = specs
         self.settings = settings
@@ -160,7 +163,9 @@ class _Objective:
         self.history = []
         self.solutions = []
         self.keeps_solutions = (
-            not hasattr(problem, "dynamics") and settings["method"] in _IMPLICIT
+            exact_fit
+            and not hasattr(problem, "dynamics")
+            and settings["method"] in _IMPLICIT
         )
         self.start = time.perf_counter()
 
@@ -406,7 +411,11 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         )
         for name, spec in specs.items()
     }
-    objective = _Objective(problem, specs, settings)
+    # scikit-learn's fit of these lands on the inner solution itself; SGD's
+    # is a stochastic approximation of it, so its settings are refitted.
+    objective = _Objective(
+        problem, specs, settings, exact_fit=type(final) in EXACT_FITS
+    )
     budget = any(getattr(spec, "budget", None) is not None for spec in specs.values())
     if settings["outer_optimizer"] == "adam" or budget:
         u = _adam(objective, u0, settings)
