@@ -240,13 +240,22 @@ def test_bad_module_output(blobs):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_fit_pickles_to_cpu(blobs):
-    clf = HyperRepresentationClassifier(**{**CHEAP, "device": "cuda"}).fit(*blobs)
+@pytest.mark.parametrize("batch_norm", ["running", "episode"])
+def test_gpu_fit_pickles_to_cpu(blobs, batch_norm):
+    params = {**CHEAP, "device": "cuda", "batch_norm": batch_norm}
+    clf = HyperRepresentationClassifier(**params).fit(*blobs)
     restored = pickle.loads(pickle.dumps(clf))
     assert next(restored.representation_.parameters()).device.type == "cpu"
     np.testing.assert_allclose(
         restored.predict_proba(blobs[0]), clf.predict_proba(blobs[0]), rtol=1e-5
     )
+    # The GPU embeds the episodes' sets with torch.vmap, the CPU with a loop.
+    support, query = sample_episodes(blobs[1], 3, 2, 4, 24, random_state=0)
+    on_gpu = clf._episode_accuracies(blobs[0], support, query, 3)
+    on_cpu = restored.set_params(device="cpu")._episode_accuracies(
+        blobs[0], support, query, 3
+    )
+    assert on_gpu.mean() == pytest.approx(on_cpu.mean(), abs=0.05)
 
 
 @pytest.fixture(scope="module")
