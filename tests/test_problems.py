@@ -324,3 +324,43 @@ def test_newton_solution_is_stationary_and_warm_starts():
     warm = problem.solve(params, nearby)
     cold = problem.solve(problem.init_params(), nearby)
     np.testing.assert_allclose(warm["coef"], cold["coef"], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+def test_closed_form_score_curvature_matches_autograd(n_classes):
+    from skbilevel.problems._linear import (
+        _logistic_curvature,
+        _score_curvature,
+        _softmax_curvature,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(
+        3,
+        7,
+        1 if n_classes == 2 else n_classes,
+        generator=generator,
+        dtype=torch.float64,
+    )
+    weights = torch.rand(3, 7, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, n_classes, (7,), generator=generator)
+    if n_classes == 2:
+        signs = 2.0 * labels - 1.0
+
+        def sample_loss(Z):
+            return torch.nn.functional.softplus(-signs * Z[..., 0])
+
+        closed = _logistic_curvature
+    else:
+
+        def sample_loss(Z):
+            picked = Z.gather(-1, labels.expand(Z.shape[0], -1)[..., None])[..., 0]
+            return torch.logsumexp(Z, dim=-1) - picked
+
+        closed = _softmax_curvature
+    U = torch.randn(scores.shape, generator=generator, dtype=torch.float64)
+    expected = _score_curvature(sample_loss, scores, weights)
+    got = closed(scores, weights)
+    torch.testing.assert_close(got[0](U), expected[0](U))
+    torch.testing.assert_close(got[1], expected[1])
+    torch.testing.assert_close(got[2], expected[2])
