@@ -415,3 +415,8 @@ def test_implicit_cg_with_custom_products_and_preconditioner():
     # Closed form: dE/dc = b * H^{-1} (2 (x* - 1)).
     expected = b * (inverse @ (2 * (solution["x"] - 1.0)))
     torch.testing.assert_close(custom.grad["c"], expected, rtol=1e-8, atol=1e-10)
+    # Warm-started at its own adjoint, conjugate gradient has nothing to do.
+    warm = implicit_cg(
+        solution, hparams, 0, dyn, outer, max_iter=0, init=default.adjoint
+    )
+    torch.testing.assert_close(warm.grad["c"], expected, rtol=1e-8, atol=1e-10)

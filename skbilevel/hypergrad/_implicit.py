@@ -26,17 +26,22 @@ def _norm(a: list[Tensor]) -> float:
 
 
 def _conjugate_gradient(
-    matvec, b: list[Tensor], max_iter: int, tol: float, precondition=None
+    matvec, b: list[Tensor], max_iter: int, tol: float, precondition=None, x0=None
 ):
     """Solve ``A x = b`` for a symmetric positive-definite ``A`` given by matvec.
 
     ``precondition(r)``, if given, applies a symmetric positive-definite
-    approximation of ``A^{-1}`` (preconditioned conjugate gradient). Returns the
-    solution and whether ``||A x - b|| <= tol * ||b||`` was reached.
+    approximation of ``A^{-1}`` (preconditioned conjugate gradient); ``x0`` is
+    the initial guess (zero by default). Returns the solution and whether
+    ``||A x - b|| <= tol * ||b||`` was reached.
     """
     precondition = precondition or (lambda r: r)
-    x = [torch.zeros_like(v) for v in b]
-    residual = list(b)
+    if x0 is None:
+        x = [torch.zeros_like(v) for v in b]
+        residual = list(b)
+    else:
+        x = list(x0)
+        residual = [bi - ai for bi, ai in zip(b, matvec(x))]
     preconditioned = precondition(residual)
     direction = list(preconditioned)
     rz = _dot(residual, preconditioned)
@@ -101,6 +106,7 @@ def implicit_cg(
     cg_tol=None,
     hessian_vector=None,
     preconditioner=None,
+    init=None,
 ):
     """Implicit hypergradient by conjugate gradient on the inner Hessian (HOAG).
 
@@ -134,6 +140,10 @@ def implicit_cg(
         ``preconditioner(v)``: a symmetric positive-definite approximation of
         ``H^{-1} v`` (same dicts), which turns conjugate gradient into
         preconditioned conjugate gradient.
+    init : dict of str to Tensor, default=None
+        Initial guess of the adjoint ``v`` (shaped like ``params``), for
+        instance the ``adjoint`` of the previous call at nearby
+        hyperparameters.
 
     Returns
     -------
@@ -180,12 +190,16 @@ def implicit_cg(
         matvec = as_list(hessian_vector)
     precondition = None if preconditioner is None else as_list(preconditioner)
     cg_tol = _default_tol(w, cg_tol)
-    v, converged = _conjugate_gradient(matvec, direct_w, max_iter, cg_tol, precondition)
+    x0 = None if init is None else [init[name].detach() for name in names]
+    v, converged = _conjugate_gradient(
+        matvec, direct_w, max_iter, cg_tol, precondition, x0
+    )
     if not converged:
         _warn_linear_system("conjugate gradient", max_iter, cg_tol)
     mixed = _grad(inner_grad, hparams, grad_outputs=v)
     grad = {name: direct_h[name] - mixed[name] for name in hparams}
-    return Hypergradient(value.detach(), grad, _detached(w))
+    adjoint = {name: vi.detach() for name, vi in zip(names, v)}
+    return Hypergradient(value.detach(), grad, _detached(w), adjoint)
 
 
 def implicit_fixed_point(

@@ -34,6 +34,9 @@ class Hypergradient(NamedTuple):
         dE(w_T(lambda), lambda) / dlambda, one entry per hyperparameter.
     params : dict of str to Tensor
         The inner parameters w_T the dynamics reached, detached.
+    adjoint : dict of str to Tensor or None, default=None
+        :func:`~skbilevel.hypergrad.implicit_cg` only: the solution ``v`` of
+        ``H v = dE/dw``, a warm start (``init``) for a nearby next call.
 
     Examples
     --------
@@ -47,6 +50,7 @@ class Hypergradient(NamedTuple):
     outer_loss: Tensor
     grad: Params
     params: Params
+    adjoint: Params | None = None
 
 
 def _detached(tensors: Params) -> Params:

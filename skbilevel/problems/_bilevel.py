@@ -161,6 +161,7 @@ class _Objective:
         self.settings = settings
         self.params = problem.init_params()
         self.history = []
+        self.adjoint = None
         self.solutions = []
         self.keeps_solutions = (
             exact_fit
@@ -187,6 +188,7 @@ class _Objective:
         else:
             result = self._argmin_hypergradient(u, method, options)
         self.params = result.params
+        self.adjoint = result.adjoint
         if self.keeps_solutions:
             # The exact fold solutions: the search scores them without refitting.
             self.solutions.append(self.problem.fitted_attributes(result.params))
@@ -239,6 +241,9 @@ class _Objective:
             at = curvature(self.params, self.constrained(u))
             options.setdefault("hessian_vector", at.hessian_vector)
             options.setdefault("preconditioner", at.precondition)
+        if method == "implicit_cg" and self.adjoint is not None:
+            # The adjoint moves little between nearby outer steps.
+            options.setdefault("init", self.adjoint)
         if method != "implicit_cg":
             # Gradient descent converges for steps below 2 / L.
             rate = 1.0 / _largest_curvature(self.inner_loss, self.params, u)
