@@ -63,6 +63,12 @@ def parse_args():
     parser.add_argument("--max-iter", type=int, default=1_000_000)
     parser.add_argument("--meta-batch-size", type=int, default=16)
     parser.add_argument("--T", type=int, default=5)
+    parser.add_argument("--outer-learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--fixed-inner-lr",
+        action="store_true",
+        help="keep the inner learning rate at 0.1 instead of learning it",
+    )
     parser.add_argument(
         "--batch-norm", default="episode", choices=["episode", "running"]
     )
@@ -90,6 +96,8 @@ def meta_train(args, splits, n_way, n_shot, training, max_time):
         n_way=n_way,
         n_shot=n_shot,
         T=args.T,
+        learn_learning_rate=not args.fixed_inner_lr,
+        outer_learning_rate=args.outer_learning_rate,
         meta_batch_size=args.meta_batch_size,
         max_iter=args.max_iter,
         max_time=max_time,
@@ -247,7 +255,9 @@ def write(args, table, curves, per_model, start):
     header = (
         f"# Omniglot few-shot, {args.test_episodes} test episodes ({where})\n\n"
         f"Meta-batch {args.meta_batch_size}, T={args.T}, batch norm "
-        f"{args.batch_norm!r} (bilevel), budget {per_model:.0f} s per bilevel "
+        f"{args.batch_norm!r} (bilevel), inner learning rate "
+        f"{'fixed' if args.fixed_inner_lr else 'learned'}, outer Adam "
+        f"{args.outer_learning_rate:g}, budget {per_model:.0f} s per bilevel "
         f"model; whole run {time.perf_counter() - start:.0f} s.\n\n"
     )
     text = header + markdown(table) + "\n"

@@ -65,7 +65,9 @@ class HyperRepresentationClassifier(ClassifierMixin, TransformerMixin, BaseEstim
         Initial learning rate of the inner gradient descent.
     learn_learning_rate : bool, default=True
         Whether the inner learning rate is meta-learned with the
-        representation, as in the paper's code.
+        representation, as in the paper's code. It is redundant with the
+        scale of the features; on Omniglot a fixed rate was steadier (see
+        the user guide).
     alpha : float, default=0.0
         L2 penalty of the head coefficients in the inner problem.
     meta_batch_size : int, default=32
