@@ -516,3 +516,63 @@ def test_sgd_settings_are_refitted_not_taken_from_the_minimizer():
     ).fit(X, y)
     assert len(search.cv_results_["params"]) == 1
     assert search.n_iter_[0] == len(search.history_)
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_tangent_hypergradient_matches_adjoint_and_predicts(n_classes):
+    """Few hyperparameters use forward implicit differentiation (dw*/du by
+    conjugate gradient); it equals the adjoint (implicit_cg) hypergradient,
+    and its tangent predicts the solution at a nearby u to second order."""
+    from skbilevel.hypergrad import gradient_descent, implicit_cg
+    from skbilevel.problems._bilevel import _Objective
+
+    X, y = make_classification(
+        n_samples=90,
+        n_features=4,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=n_classes,
+        random_state=0,
+    )
+    splits = list(StratifiedKFold(3).split(X, y))
+    final, data = fold_data(LogisticRegression(), X, y, splits, None, "cpu", "float64")
+    problem = make_problem(final, data, {"C": "real"}, {"tol": 1e-12, "max_iter": 100})
+    settings = {
+        "method": "implicit_cg",
+        "method_params": {"cg_tol": 1e-12},
+        "verbose": 0,
+        "inner_steps": 100,
+    }
+    objective = _Objective(problem, {"C": Real(1e-2, 1e2)}, settings)
+    u = {"C": torch.tensor(0.3, dtype=torch.float64)}
+    tangent = objective(u)
+    adjoint = implicit_cg(
+        tangent.params,
+        u,
+        0,
+        gradient_descent(objective.inner_loss, 1.0),
+        objective.outer_loss,
+        cg_tol=1e-12,
+        max_iter=500,
+    )
+    torch.testing.assert_close(
+        tangent.grad["C"], adjoint.grad["C"], rtol=1e-7, atol=1e-12
+    )
+    # First-order prediction of the solution at u + h: error O(h^2).
+    errors = []
+    for h in (1e-2, 1e-3):
+        moved = {"C": u["C"] + h}
+        exact = problem.solve(tangent.params, objective.constrained(moved))
+        predicted = objective._predicted(moved)
+        # (up to a common shift of a softmax's intercepts, which changes nothing)
+        center = n_classes > 2
+        shift = {
+            k: v - v.mean(-1, keepdim=True) if k == "intercept" and center else v
+            for k, v in exact.items()
+        }
+        guess = {
+            k: v - v.mean(-1, keepdim=True) if k == "intercept" and center else v
+            for k, v in predicted.items()
+        }
+        errors.append(max(float((shift[k] - guess[k]).abs().max()) for k in exact))
+    assert errors[1] < errors[0] / 30

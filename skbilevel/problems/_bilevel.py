@@ -20,10 +20,12 @@ from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.utils import _safe_indexing, assert_all_finite, check_array
 
-from ..hypergrad import METHODS, gradient_descent
+from ..hypergrad import METHODS, Hypergradient, gradient_descent
+from ..hypergrad._methods import _check_finite
 from ..utils import to_numpy, to_tensor
 from . import make_problem
 from ._base import FoldData
+from ._linear import _batched_pcg
 
 _IMPLICIT = ("implicit_cg", "implicit_fixed_point")
 EXACT_FITS = (Ridge, RidgeClassifier, LogisticRegression, KernelRidge)
@@ -162,6 +164,7 @@ class _Objective:
         self.params = problem.init_params()
         self.history = []
         self.adjoint = None
+        self.tangents = None
         self.solutions = []
         self.keeps_solutions = (
             exact_fit
@@ -228,15 +231,100 @@ class _Objective:
             **options,
         )
 
+    def _tangent_hypergradient(self, u, curvature):
+        """Forward implicit differentiation, for a few hyperparameters.
+
+        Each column ``z_j = dw*/du_j`` solves ``H z_j = -d(grad_w L)/du_j`` by
+        the problem's preconditioned conjugate gradient; the hypergradient is
+        ``dE/dw . z_j + dE/du_j``. As many solves as hyperparameters (the
+        adjoint needs one), but the columns also predict the next outer
+        step's solution, ``w* + sum_j z_j du_j``, which warm-starts it.
+        """
+        u = {name: value.detach() for name, value in u.items()}
+        params = {name: value.detach() for name, value in self.params.items()}
+        at = curvature(params, self.constrained(u))
+
+        leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+        hleaves = {k: v.clone().requires_grad_() for k, v in u.items()}
+        with torch.enable_grad():
+            value = _check_finite(self.outer_loss(leaves, hleaves), 0)
+            direct_w = torch.autograd.grad(
+                value, list(leaves.values()), retain_graph=True
+            )
+            direct_u = torch.autograd.grad(
+                value, list(hleaves.values()), allow_unused=True
+            )
+            # d(grad_w L)/du_j = grad_w (dL/du_j): mixed partials commute.
+            inner_u = torch.autograd.grad(
+                self.inner_loss(leaves, hleaves),
+                list(hleaves.values()),
+                create_graph=True,
+            )
+        direct_w = dict(zip(leaves, direct_w))
+        grad, tangents = {}, {}
+        for (name, value_u), direct, partial in zip(u.items(), direct_u, inner_u):
+            columns, entries = [], []
+            for j, entry in enumerate(partial.reshape(-1)):
+                with torch.enable_grad():
+                    mixed = torch.autograd.grad(
+                        entry,
+                        list(leaves.values()),
+                        retain_graph=True,
+                        allow_unused=True,
+                    )
+                mixed = {
+                    k: torch.zeros_like(p) if m is None else -m.detach()
+                    for (k, p), m in zip(params.items(), mixed)
+                }
+                column = _batched_pcg(
+                    at.hessian_vector,
+                    mixed,
+                    at.precondition,
+                    self._cg_tol(params),
+                    500,
+                )
+                columns.append(column)
+                own = 0.0 if direct is None else direct.reshape(-1)[j]
+                entries.append(
+                    sum((direct_w[k] * column[k]).sum() for k in column) + own
+                )
+            grad[name] = torch.stack(entries).reshape(value_u.shape).detach()
+            tangents[name] = columns
+        self.tangents = (u, tangents)
+        return Hypergradient(value.detach(), grad, params)
+
+    def _cg_tol(self, params):
+        n_folds = next(iter(params.values())).shape[0]
+        tol = self.settings["method_params"].get("cg_tol", 1e-4)
+        like = next(iter(params.values()))
+        return torch.full((n_folds,), tol, dtype=like.dtype, device=like.device)
+
+    def _predicted(self, u):
+        """The previous solution moved along its tangents to ``u``."""
+        previous, tangents = self.tangents
+        params = dict(self.params)
+        for name, columns in tangents.items():
+            change = (u[name] - previous[name]).reshape(-1)
+            for j, column in enumerate(columns):
+                params = {k: params[k] + change[j] * column[k] for k in params}
+        return params
+
     def _argmin_hypergradient(self, u, method, options):
         """At the inner optimum (implicit) or through steps from a warm start."""
+        curvature = getattr(self.problem, "curvature", None)
+        few = sum(value.numel() for value in u.values()) <= 2
+        if method == "implicit_cg" and curvature is not None and few:
+            start = self.params
+            if self.tangents is not None:
+                start = self._predicted(u)
+            self.params = self.problem.solve(start, self.constrained(u))
+            return self._tangent_hypergradient(u, curvature)
         if method in _IMPLICIT:
             self.params = self.problem.solve(self.params, self.constrained(u))
             steps = 0
         else:
             steps = self.settings["inner_steps"]
         rate = 1.0
-        curvature = getattr(self.problem, "curvature", None)
         if method == "implicit_cg" and curvature is not None:
             at = curvature(self.params, self.constrained(u))
             options.setdefault("hessian_vector", at.hessian_vector)

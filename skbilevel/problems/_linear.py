@@ -442,6 +442,10 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 if "intercept" in params
                 else np.zeros(coef.shape[0])
             )
+            if spec.get("softmax"):
+                # A softmax is blind to a common shift of the intercepts;
+                # scikit-learn's sum to zero.
+                intercept = intercept - intercept.mean()
             if spec.get("one_dimensional"):
                 coef, intercept = coef[0], float(intercept[0])
             folds.append({"coef_": coef, "intercept_": intercept})
@@ -558,6 +562,7 @@ def logistic_regression(estimator, data: FoldData, options) -> Problem:
             "score_curvature": (
                 _logistic_curvature if n_classes == 2 else _softmax_curvature
             ),
+            "softmax": n_classes > 2,
             "solver_options": _solver_options(options),
         },
     )
