@@ -215,8 +215,11 @@ class BilevelSearchCV(BaseSearchCV):
     device : str, default="auto"
         Torch device of the inner problems; "auto" picks a GPU when present.
 
-    dtype : {"float64", "float32"}, default="float64"
-        Precision of the inner problems.
+    dtype : {"auto", "float64", "float32"}, default="auto"
+        Precision of the inner problems. "auto" is float64 for the
+        scikit-learn estimators (which fit in float64) and the estimator's own
+        ``dtype`` for the torch MLPs, so that refitting with the learned values
+        reproduces the differentiated model.
 
     random_state : int, RandomState instance or None, default=None
         Seeds the random restarts.
@@ -300,7 +303,7 @@ class BilevelSearchCV(BaseSearchCV):
         "outer_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str, torch.device],
-        "dtype": [StrOptions({"float32", "float64"})],
+        "dtype": [StrOptions({"auto", "float32", "float64"})],
         "random_state": ["random_state"],
     }
 
@@ -327,7 +330,7 @@ class BilevelSearchCV(BaseSearchCV):
         outer_learning_rate=0.1,
         n_restarts=1,
         device="auto",
-        dtype="float64",
+        dtype="auto",
         random_state=None,
     ):
         super().__init__(

@@ -4,6 +4,7 @@ learning-rate schedules (PerStep), per-layer penalties (PerLayer), weights."""
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 from sklearn.datasets import make_classification
 from sklearn.linear_model import Ridge
 from sklearn.metrics import log_loss
@@ -268,3 +269,36 @@ def test_schedule_in_a_pipeline_by_every_unrolled_method(data):
     start = PerStep(1e-4, 1.0).transform(PerStep(1e-4, 1.0).initial()).item()
     np.testing.assert_allclose(learned["truncated_reverse"][:3], start, rtol=1e-12)
     assert learned["truncated_reverse"][3] != pytest.approx(start)
+
+
+def test_default_dtype_follows_the_mlp_so_the_refit_reproduces(data, monkeypatch):
+    """dtype="auto": a float32 MLP is differentiated in float32 (scikit-learn
+    estimators in float64), and the network fitted with the learned value has
+    the loss the search recorded."""
+    import skbilevel.problems._bilevel as bilevel
+
+    seen = []
+    original = bilevel.fold_data
+
+    def spy(*args, **kwargs):
+        seen.append(args[6])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bilevel, "fold_data", spy)
+    X, y = data
+    cv = StratifiedKFold(2, shuffle=True, random_state=0)
+    mlp = _mlp(0.05).set_params(dtype="float32")
+    search = BilevelSearchCV(
+        mlp, {"learning_rate": Real(1e-3, 1.0, init=0.05)}, max_iter=2, cv=cv
+    ).fit(X, y)
+    BilevelSearchCV(Ridge(), {"alpha": Real(1e-2, 1e2)}, max_iter=1, cv=2).fit(
+        X, y.astype(float)
+    )
+    assert seen == ["float32", "float64"]
+    last = search.history_[-1]
+    losses = []
+    for train, test in cv.split(X, y):
+        fitted = clone(mlp).set_params(learning_rate=last["params"]["learning_rate"])
+        fitted.fit(X[train], y[train])
+        losses.append(log_loss(y[test], fitted.predict_proba(X[test])))
+    assert last["outer_loss"] == pytest.approx(np.mean(losses), rel=1e-5)

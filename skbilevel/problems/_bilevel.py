@@ -482,6 +482,13 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         per fold (or None).
     """
     prefixes = fit_prefixes(estimator, X, y, splits)
+    dtype = settings["dtype"]
+    if dtype == "auto":
+        # The torch MLPs are differentiated in their own precision.
+        last = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+        dtype = "float64"
+        if hasattr(last, "_bilevel_problem"):
+            dtype = getattr(last, "dtype", "float64")
     final, data = fold_data(
         estimator,
         X,
@@ -489,7 +496,7 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         splits,
         sample_weight,
         settings["device"],
-        settings["dtype"],
+        dtype,
         prefixes=prefixes,
     )
     names = {key: key.rsplit("__", 1)[-1] for key in space}
