@@ -539,7 +539,7 @@ def test_tangent_hypergradient_matches_adjoint_and_predicts(n_classes):
     problem = make_problem(final, data, {"C": "real"}, {"tol": 1e-12, "max_iter": 100})
     settings = {
         "method": "implicit_cg",
-        "method_params": {"cg_tol": 1e-12},
+        "method_params": {"cg_tol": 1e-12, "max_iter": 500},
         "verbose": 0,
         "inner_steps": 100,
     }

@@ -9,12 +9,14 @@ optimized by projected Adam.
 """
 
 import time
+import warnings
 
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
 import torch
 from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.pipeline import Pipeline
@@ -231,7 +233,7 @@ class _Objective:
             **options,
         )
 
-    def _tangent_hypergradient(self, u, curvature):
+    def _tangent_hypergradient(self, u, curvature, options):
         """Forward implicit differentiation, for a few hyperparameters.
 
         Each column ``z_j = dw*/du_j`` solves ``H z_j = -d(grad_w L)/du_j`` by
@@ -276,13 +278,21 @@ class _Objective:
                     k: torch.zeros_like(p) if m is None else -m.detach()
                     for (k, p), m in zip(params.items(), mixed)
                 }
-                column = _batched_pcg(
+                column, converged = _batched_pcg(
                     at.hessian_vector,
                     mixed,
                     at.precondition,
-                    self._cg_tol(params),
-                    500,
+                    options["cg_tol"],
+                    options["max_iter"],
                 )
+                if not converged:
+                    warnings.warn(
+                        "The conjugate gradient for the implicit hypergradient "
+                        f"did not reach tol={options['cg_tol']} in "
+                        f"{options['max_iter']} iterations; increase max_iter.",
+                        ConvergenceWarning,
+                        stacklevel=4,
+                    )
                 columns.append(column)
                 own = 0.0 if direct is None else direct.reshape(-1)[j]
                 entries.append(
@@ -292,12 +302,6 @@ class _Objective:
             tangents[name] = columns
         self.tangents = (u, tangents)
         return Hypergradient(value.detach(), grad, params)
-
-    def _cg_tol(self, params):
-        n_folds = next(iter(params.values())).shape[0]
-        tol = self.settings["method_params"].get("cg_tol", 1e-4)
-        like = next(iter(params.values()))
-        return torch.full((n_folds,), tol, dtype=like.dtype, device=like.device)
 
     def _predicted(self, u):
         """The previous solution moved along its tangents to ``u``."""
@@ -318,7 +322,7 @@ class _Objective:
             if self.tangents is not None:
                 start = self._predicted(u)
             self.params = self.problem.solve(start, self.constrained(u))
-            return self._tangent_hypergradient(u, curvature)
+            return self._tangent_hypergradient(u, curvature, options)
         if method in _IMPLICIT:
             self.params = self.problem.solve(self.params, self.constrained(u))
             steps = 0

@@ -103,8 +103,9 @@ def _per_fold(scalars, tensor):
 def _batched_pcg(matvec, b, precondition, tol, max_iter):
     """Preconditioned conjugate gradient run separately (but batched) per fold.
 
-    Solves ``H_k x_k = b_k`` for every fold k, each to its own relative residual
-    ``tol[k]``; a fold that has converged stops moving.
+    Solves ``H_k x_k = b_k`` for every fold k, each to the relative residual
+    ``tol`` (a float, or one per fold); a fold that has converged stops
+    moving. Returns the solutions and whether every fold converged.
     """
     x = {name: torch.zeros_like(value) for name, value in b.items()}
     residual = dict(b)
@@ -131,7 +132,8 @@ def _batched_pcg(matvec, b, precondition, tol, max_iter):
                 preconditioned[name] + _per_fold(beta, x[name]) * direction[name]
             )
         rz = rz_new
-    return x
+    converged = torch.sqrt(_fold_dot(residual, residual)) <= threshold
+    return x, bool(converged.all())
 
 
 def _score_curvature(sample_loss, scores, weights):
@@ -371,7 +373,8 @@ def linear_problem(data: FoldData, spec) -> Problem:
             curv = curvature(params, hparams, damping=DAMPING * largest)
             # Inexact Newton: a looser linear solve far from the solution.
             forcing = torch.sqrt(largest).clamp(max=0.5, min=1e-6)
-            step = _batched_pcg(
+            # Inexact Newton: an unconverged step is still a descent direction.
+            step, _ = _batched_pcg(
                 curv.hessian_vector,
                 {k: -g for k, g in grads.items()},
                 curv.precondition,

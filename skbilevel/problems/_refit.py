@@ -175,33 +175,36 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             return (self.learned or {}).get(key)
         return self.estimator.get_params()[key]
 
+    def _expressed(self):
+        """The estimator with the learned penalties as a rescaling step, and
+        the learned sample weights (or None)."""
+        learned = dict(self.learned or {})
+        weights = learned.pop("sample_weight", None)
+        estimator = self.estimator
+        for key, values in learned.items():
+            estimator = with_learned_penalty(estimator, key, values)
+        return estimator, weights
+
     def _from_solution(self, X, y, found):
         """The fitted estimator assembled from a fold's inner solution."""
-        attributes, prefix = found
-        learned = dict(self.learned or {})
-        learned.pop("sample_weight", None)
-        estimator = self.estimator
-        final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+        attributes, prefix = dict(found[0]), found[1]
+        expressed, _ = self._expressed()
         steps = list(prefix.steps) if prefix is not None else []
         features = prefix.transform(X) if prefix is not None else X
-        attributes = dict(attributes)
-        for key, values in learned.items():
-            # Per-feature penalties: w_j on s_j x_j is w_j / s_j.
-            scale = feature_scale(key.rsplit("__", 1)[-1], values)
-            step = FunctionTransformer(_rescale, kw_args={"scale": scale})
-            steps.append(("feature_scale", step.fit(features)))
-            features = step.transform(features)
+        if set(self.learned or {}) - {"sample_weight"}:
+            # The rescaling step in front of the final one: a weight w_j on
+            # feature s_j x_j is w_j / s_j.
+            rescale = clone(expressed.steps[-2][1]).fit(features)
+            steps.append((expressed.steps[-2][0], rescale))
+            features = rescale.transform(features)
+            scale = rescale.kw_args["scale"]
             attributes["coef_"] = np.asarray(attributes["coef_"]) / scale
-            final = clone(final).set_params(**{key.rsplit("__", 1)[-1]: 1.0})
+        if isinstance(expressed, Pipeline):
+            name, final = expressed.steps[-1]
+        else:
+            name, final = type(expressed).__name__.lower(), expressed
         fitted = fitted_estimator(final, attributes, features, y)
-        if not steps:
-            return fitted
-        name = (
-            estimator.steps[-1][0]
-            if isinstance(estimator, Pipeline)
-            else type(estimator).__name__.lower()
-        )
-        return Pipeline(steps + [(name, fitted)])
+        return Pipeline(steps + [(name, fitted)]) if steps else fitted
 
     def fit(self, X, y=None, sample_index=None, **fit_params):
         """Fit the plain scikit-learn estimator that expresses the learned values."""
@@ -210,11 +213,7 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             if found is not None:
                 self.estimator_ = self._from_solution(X, y, found)
                 return self
-        learned = dict(self.learned or {})
-        weights = learned.pop("sample_weight", None)
-        estimator = self.estimator
-        for key, values in learned.items():
-            estimator = with_learned_penalty(estimator, key, values)
+        estimator, weights = self._expressed()
         estimator = clone(estimator)
         if weights is not None:
             weights = np.asarray(weights)
