@@ -185,8 +185,8 @@ class BilevelSearchCV(BaseSearchCV):
     inner_tol : float, default=1e-5
         Gradient tolerance of the inner solver (largest entry of the gradient
         of the training loss, which scikit-learn's objectives average over
-        the samples). Newton's method on few features overshoots it; L-BFGS
-        on many features stops there.
+        the samples). Newton's method, converging quadratically, usually
+        overshoots it.
 
     max_iter : int, default=30
         Maximum number of outer steps (hypergradient evaluations) per run.

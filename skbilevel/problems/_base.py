@@ -131,33 +131,3 @@ def validation_mean(losses: Tensor, data: FoldData) -> Tensor:
     """Mean over folds of the (fit-weighted) mean loss on each validation part."""
     weights = data.test * data.sample_weight
     return ((weights * losses).sum(dim=1) / weights.sum(dim=1)).mean()
-
-
-def lbfgs_solve(loss, params: Params, *, tol: float, max_iter: int) -> Params:
-    """Minimize ``loss(params)`` by L-BFGS with a strong-Wolfe line search.
-
-    Stops when every gradient entry is at most ``tol`` in absolute value.
-    """
-    leaves = {
-        name: value.detach().clone().requires_grad_() for name, value in params.items()
-    }
-    eps = torch.finfo(next(iter(leaves.values())).dtype).eps
-    optimizer = torch.optim.LBFGS(
-        list(leaves.values()),
-        lr=1.0,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=eps,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        optimizer.zero_grad()
-        value = loss(leaves)
-        value.backward()
-        return value
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return {name: value.detach() for name, value in leaves.items()}

@@ -263,6 +263,8 @@ class _Objective:
                 create_graph=True,
             )
         direct_w = dict(zip(leaves, direct_w))
+        # The previous step's columns start the conjugate gradient.
+        previous = self.tangents[1] if self.tangents is not None else {}
         grad, tangents = {}, {}
         for (name, value_u), direct, partial in zip(u.items(), direct_u, inner_u):
             columns, entries = [], []
@@ -278,12 +280,13 @@ class _Objective:
                     k: torch.zeros_like(p) if m is None else -m.detach()
                     for (k, p), m in zip(params.items(), mixed)
                 }
-                column, converged = _batched_pcg(
+                column, converged, _ = _batched_pcg(
                     at.hessian_vector,
                     mixed,
                     at.precondition,
                     options["cg_tol"],
                     options["max_iter"],
+                    x0=previous[name][j] if name in previous else None,
                 )
                 if not converged:
                     warnings.warn(

@@ -34,7 +34,6 @@ from ._base import (
     class_weights,
     fold_weights,
     hyperparameter,
-    lbfgs_solve,
     validation_mean,
 )
 
@@ -89,6 +88,10 @@ def _ridge_solve(X, Y, weights, penalty, fit_intercept):
 
 # Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
 DAMPING = 1e-2
+# Newton recomputes its preconditioner after a linear solve this long.
+REFRESH_PRODUCTS = 20
+# Most features for the block-Jacobi preconditioner.
+BLOCK_FEATURES = 128
 
 
 def _fold_dot(a, b):
@@ -100,22 +103,29 @@ def _per_fold(scalars, tensor):
     return scalars.reshape(-1, *([1] * (tensor.dim() - 1)))
 
 
-def _batched_pcg(matvec, b, precondition, tol, max_iter):
+def _batched_pcg(matvec, b, precondition, tol, max_iter, x0=None):
     """Preconditioned conjugate gradient run separately (but batched) per fold.
 
     Solves ``H_k x_k = b_k`` for every fold k, each to the relative residual
-    ``tol`` (a float, or one per fold); a fold that has converged stops
-    moving. Returns the solutions and whether every fold converged.
+    ``tol`` (a float, or one per fold), from ``x0`` (zero by default); a fold
+    that has converged stops moving. Returns the solutions, whether every
+    fold converged and the number of products taken.
     """
-    x = {name: torch.zeros_like(value) for name, value in b.items()}
-    residual = dict(b)
+    if x0 is None:
+        x = {name: torch.zeros_like(value) for name, value in b.items()}
+        residual = dict(b)
+    else:
+        x = dict(x0)
+        product = matvec(x)
+        residual = {name: b[name] - product[name] for name in b}
     preconditioned = precondition(residual)
     direction = dict(preconditioned)
     rz = _fold_dot(residual, preconditioned)
     threshold = tol * torch.sqrt(_fold_dot(b, b))
-    for _ in range(max_iter):
+    iterations = 0
+    for iterations in range(max_iter + 1):
         active = torch.sqrt(_fold_dot(residual, residual)) > threshold
-        if not bool(active.any()):
+        if not bool(active.any()) or iterations == max_iter:
             break
         product = matvec(direction)
         curvature = _fold_dot(direction, product)
@@ -133,15 +143,49 @@ def _batched_pcg(matvec, b, precondition, tol, max_iter):
             )
         rz = rz_new
     converged = torch.sqrt(_fold_dot(residual, residual)) <= threshold
-    return x, bool(converged.all())
+    return x, bool(converged.all()), iterations
+
+
+# Largest table of products x_ij x_ik kept for the Gram matrices (entries).
+PRODUCTS_SIZE = 2**25
+
+
+def _weighted_grams(design, weights, cache):
+    """``sum_i weights[k, i, a] x_i x_i^T`` for every fold k and output a,
+    (K, c, D, D), with ``design`` (n, D) or (K, n, D).
+
+    One matrix product against the table of the products ``x_ij x_ik``,
+    j <= k, when it fits in :data:`PRODUCTS_SIZE` entries (computed once, in
+    ``cache``, as the design does not change); else one product per output.
+    """
+    n_folds, n, n_outputs = weights.shape
+    size = design.shape[-1]
+    if design[..., 0].numel() * size * (size + 1) // 2 > PRODUCTS_SIZE:
+        transposed = design.transpose(-1, -2)
+        return torch.stack(
+            [transposed @ (weights[..., a, None] * design) for a in range(n_outputs)],
+            dim=1,
+        )
+    rows, columns = torch.triu_indices(size, size, device=design.device)
+    if "products" not in cache:
+        cache["products"] = design[..., rows] * design[..., columns]
+    if design.dim() == 2:
+        flat = weights.transpose(1, 2).reshape(n_folds * n_outputs, n)
+        packed = (flat @ cache["products"]).reshape(n_folds, n_outputs, -1)
+    else:
+        packed = weights.transpose(1, 2) @ cache["products"]  # (K, c, D(D+1)/2)
+    grams = packed.new_zeros(n_folds, n_outputs, size, size)
+    grams[..., rows, columns] = packed
+    grams[..., columns, rows] = packed
+    return grams
 
 
 def _score_curvature(sample_loss, scores, weights):
     """The curvature ``B_i`` of the weighted sample losses in the scores.
 
     Returns ``product(U) -> (B_i u_i)_i``, ``sum_i B_i`` (K, c, c) and the
-    mean eigenvalues ``beta_i = tr(B_i) / c`` (K, n), from the ``c``
-    second-derivative rows of any ``sample_loss(Z) -> (K, n)`` (autograd).
+    diagonals of the ``B_i`` (K, n, c), from the ``c`` second-derivative rows
+    of any ``sample_loss(Z) -> (K, n)`` (autograd).
     """
     n_outputs = scores.shape[-1]
     with torch.enable_grad():
@@ -159,8 +203,7 @@ def _score_curvature(sample_loss, scores, weights):
     def product(U):
         return torch.einsum("knab,knb->kna", hessians, U)
 
-    beta = torch.diagonal(hessians, dim1=-2, dim2=-1).mean(-1)
-    return product, hessians.sum(1), beta
+    return product, hessians.sum(1), torch.diagonal(hessians, dim1=-2, dim2=-1)
 
 
 def _softmax_curvature(scores, weights):
@@ -173,8 +216,7 @@ def _softmax_curvature(scores, weights):
         return weighted * (U - (probabilities * U).sum(-1, keepdim=True))
 
     total = torch.diag_embed(weighted.sum(1)) - weighted.transpose(1, 2) @ probabilities
-    beta = (weighted * (1.0 - probabilities)).mean(-1)
-    return product, total, beta
+    return product, total, weighted * (1.0 - probabilities)
 
 
 def _logistic_curvature(scores, weights):
@@ -186,7 +228,7 @@ def _logistic_curvature(scores, weights):
     def product(U):
         return hessians * U
 
-    return product, hessians.sum(1)[..., None], hessians[..., 0]
+    return product, hessians.sum(1)[..., None], hessians
 
 
 def linear_problem(data: FoldData, spec) -> Problem:
@@ -200,19 +242,20 @@ def linear_problem(data: FoldData, spec) -> Problem:
     ``score_curvature`` (a closed form of :func:`_score_curvature`).
 
     Other losses are solved by a damped Newton method whose steps come from
-    conjugate gradient with exact Hessian-vector products and a
-    Kronecker-factored preconditioner (:func:`curvature`), each fold with its
-    own step; the same curvature serves the implicit hypergradient.
+    conjugate gradient with exact Hessian-vector products and a block-Jacobi
+    (few features) or Kronecker-factored (many) preconditioner
+    (:func:`curvature`), each fold with its own step; the same curvature
+    serves the implicit hypergradient.
     """
     X = data.X
     n_folds, n_features = data.train.shape[0], X.shape[-1]
     n_train = data.train.sum(dim=1)
     dtype, device = X.dtype, X.device
     n_outputs = spec["n_outputs"]
-    # Newton's method needs the curvature at every iteration, whose
-    # preconditioner costs n d^2 per fold against n d c for a gradient: on
-    # many features (MNIST's 784), L-BFGS solves faster.
-    newton = n_features <= 8 * n_outputs + 64
+    # The block-Jacobi preconditioner costs as much as d / 2 Hessian
+    # products per fold; past BLOCK_FEATURES (MNIST's 784), a Kronecker
+    # product whose left factor is computed once per run serves instead.
+    blocks = n_features <= BLOCK_FEATURES
     cache = {}
 
     def init_params():
@@ -240,21 +283,22 @@ def linear_problem(data: FoldData, spec) -> Problem:
     def outer_loss(params, hparams):
         return validation_mean(spec["validation_loss"](_decision(X, params)), data)
 
-    def curvature(params, hparams, damping=None):
-        """Exact Hessian products and a Kronecker-factored preconditioner.
+    def curvature(params, hparams, damping=None, refresh=False):
+        """Exact Hessian products and a preconditioner.
 
         ``damping`` (K,), if given, is added to each fold's Hessian
         (Levenberg-Marquardt), for the Newton steps of :func:`newton_solve`.
+        The block-Jacobi preconditioner's Gram matrices are those of the last
+        call that computed them unless ``refresh`` (or none was): they cost
+        ``c n d^2`` per fold, and a preconditioner from a nearby point still
+        serves.
 
         With scores ``Z = X W + b`` and ``B_i`` the (weighted) Hessian of the
         sample loss in ``z_i``, each fold's Hessian is
         ``(sum_i x_i x_i^T (x) B_i + 2 diag(penalty) (x) I) / n_k`` (intercept
-        as a column of ones). The preconditioner replaces ``B_i`` by
-        ``beta_i S`` (``beta_i = tr(B_i) / c`` on few features, the sample
-        weight on many), with ``S = sum_i B_i / sum_i beta_i``, and the
-        penalty by ``diag(2 penalty / sigma) (x) S`` (``sigma`` the mean
-        eigenvalue of ``S``): a Kronecker product ``A (x) S``, inverted by two
-        Cholesky factorizations.
+        as a column of ones). The preconditioner is, on few features (the
+        Newton solver's), :func:`block_jacobi`; on many, a Kronecker product
+        :func:`kronecker`, whose left factor is computed once per run.
         """
         hparams = {name: value.detach() for name, value in hparams.items()}
         params = {name: value.detach() for name, value in params.items()}
@@ -262,11 +306,11 @@ def linear_problem(data: FoldData, spec) -> Problem:
         penalty = spec["penalty"](hparams)
         if spec.get("score_curvature") is not None:
             # Closed form: products in O(n c), not O(n c^2).
-            score_product, curvature_sum, beta = spec["score_curvature"](
+            score_product, curvature_sum, diagonal = spec["score_curvature"](
                 _decision(X, params), weights
             )
         else:
-            score_product, curvature_sum, beta = _score_curvature(
+            score_product, curvature_sum, diagonal = _score_curvature(
                 spec["sample_loss"], _decision(X, params), weights
             )
         scale = n_train[:, None, None]
@@ -274,6 +318,12 @@ def linear_problem(data: FoldData, spec) -> Problem:
         design = X
         if spec["fit_intercept"]:
             design = torch.cat([X, ones.expand(*X.shape[:-1], 1)], dim=-1)
+        # The penalty on the design's columns (none on the intercept's).
+        column_penalty = 2.0 * penalty
+        if spec["fit_intercept"]:
+            column_penalty = torch.cat(
+                [column_penalty, torch.zeros_like(column_penalty[:, :1])], 1
+            )
 
         def hessian_vector(v):
             response = score_product(_decision(X, v))
@@ -292,55 +342,107 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 }
             return product
 
-        # Kronecker factors of the preconditioner. On few features, each
-        # sample weighs in the left factor by its mean curvature
-        # beta_i = tr(B_i) / c (confidently classified samples hardly count);
-        # on many, by its fixed weight, so that the left factor is computed
-        # once per run. The right factor is the matching mean curvature.
-        unit = beta if newton else weights
-        total = unit.sum(1).clamp_min(torch.finfo(dtype).tiny)
-        right = curvature_sum / total[:, None, None]
-        sigma = torch.diagonal(right, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
-        eye_c = torch.eye(n_outputs, dtype=dtype, device=device)
-        if n_outputs > 1:
-            # A softmax's curvature is blind to adding a constant to every
-            # score; give that direction the mean curvature.
-            flat = torch.full((n_outputs, n_outputs), 1.0 / n_outputs, dtype=dtype)
-            right = right + sigma[:, None, None] * flat.to(device)
-        right = right + 1e-8 * sigma[:, None, None] * eye_c
-        if newton or "sample_weight" in hparams:
-            left = design.transpose(-1, -2) @ (unit[..., None] * design)
-        else:
-            if "left" not in cache:
-                cache["left"] = design.transpose(-1, -2) @ (unit[..., None] * design)
-            left = cache["left"]
-        diagonal = 2.0 * penalty / sigma[:, None]
-        if spec["fit_intercept"]:
-            diagonal = torch.cat([diagonal, torch.zeros_like(diagonal[:, :1])], 1)
-        left = left + torch.diag_embed(diagonal)
-        if damping is not None:
-            left = left + (damping * n_train / sigma)[:, None, None] * torch.eye(
-                left.shape[-1], dtype=dtype, device=device
-            )
-        size = left.shape[-1]
-        jitter = 1e-10 * torch.diagonal(left, dim1=-2, dim2=-1).mean(-1).clamp_min(1.0)
-        left = left + jitter[:, None, None] * torch.eye(size, dtype=dtype).to(device)
-        left_factor = torch.linalg.cholesky(left)
-        right_factor = torch.linalg.cholesky(right)
+        def stack(v):
+            if "intercept" in v:
+                return torch.cat([v["coef"], v["intercept"][:, None, :]], dim=1)
+            return v["coef"]
 
-        def precondition(v):
-            stacked = v["coef"]
-            if "intercept" in v:
-                stacked = torch.cat([stacked, v["intercept"][:, None, :]], dim=1)
-            solved = torch.cholesky_solve(stacked, left_factor)
-            solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
-            solved = solved.transpose(-1, -2) * scale
-            out = {"coef": solved[:, :n_features]}
-            if "intercept" in v:
-                out["intercept"] = solved[:, n_features]
+        def unstack(stacked):
+            out = {"coef": stacked[:, :n_features]}
+            if spec["fit_intercept"]:
+                out["intercept"] = stacked[:, n_features]
             return out
 
-        return Curvature(hessian_vector, precondition)
+        def block_jacobi():
+            """The exact diagonal blocks of the Hessian, one per output.
+
+            Block ``a`` is ``(sum_i (B_i)_aa x_i x_i^T + 2 diag(penalty)) / n_k``,
+            exact when the outputs are independent (one-vs-rest, binary). A
+            softmax couples them, and its Hessian splits exactly between the
+            common shift of every output (``w (x) 1``, curved by the penalty
+            alone, inverted exactly here) and the rest (preconditioned by the
+            blocks, projected off the shift).
+            """
+            eye = torch.eye(design.shape[-1], dtype=dtype, device=device)
+            if refresh or "grams" not in cache:
+                cache["grams"] = _weighted_grams(design, diagonal, cache)
+            blocks = cache["grams"] + torch.diag_embed(column_penalty)[:, None]
+            extra = torch.zeros_like(n_train)
+            if damping is not None:
+                extra = damping * n_train
+            # The intercept block is singular on data a model separates.
+            jitter = 1e-10 * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
+            extra = extra[:, None] + jitter.clamp_min(torch.finfo(dtype).tiny)
+            factors = torch.linalg.cholesky(blocks + extra[..., None, None] * eye)
+            softmax = spec.get("softmax")
+            if softmax:
+                shift = column_penalty / n_train[:, None]
+                if damping is not None:
+                    shift = shift + damping[:, None]
+                shift_inverse = torch.where(shift > 0, 1.0 / shift, 0.0)[..., None]
+
+            def precondition(v):
+                stacked = stack(v)  # (K, D, c)
+                if softmax:
+                    mean = stacked.mean(-1, keepdim=True)
+                    stacked = stacked - mean
+                solved = (
+                    torch.cholesky_solve(stacked.transpose(-1, -2)[..., None], factors)[
+                        ..., 0
+                    ].transpose(-1, -2)
+                    * scale
+                )
+                if softmax:
+                    solved = solved - solved.mean(-1, keepdim=True)
+                    solved = solved + shift_inverse * mean
+                return unstack(solved)
+
+            return precondition
+
+        def kronecker():
+            """Replaces ``B_i`` by ``s_i S`` (``s_i`` the sample weight), with
+            ``S = sum_i B_i / sum_i s_i``, and the penalty by
+            ``diag(2 penalty / sigma) (x) S`` (``sigma`` the mean eigenvalue of
+            ``S``): a Kronecker product ``A (x) S``, inverted by two Cholesky
+            factorizations, ``A`` computed once per run."""
+            total = weights.sum(1).clamp_min(torch.finfo(dtype).tiny)
+            right = curvature_sum / total[:, None, None]
+            sigma = torch.diagonal(right, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+            eye_c = torch.eye(n_outputs, dtype=dtype, device=device)
+            if n_outputs > 1:
+                # A softmax's curvature is blind to adding a constant to every
+                # score; give that direction the mean curvature.
+                flat = torch.full((n_outputs, n_outputs), 1.0 / n_outputs, dtype=dtype)
+                right = right + sigma[:, None, None] * flat.to(device)
+            right = right + 1e-8 * sigma[:, None, None] * eye_c
+            if "sample_weight" in hparams or "left" not in cache:
+                left = design.transpose(-1, -2) @ (weights[..., None] * design)
+                if "sample_weight" not in hparams:
+                    cache["left"] = left
+            else:
+                left = cache["left"]
+            left = left + torch.diag_embed(column_penalty / sigma[:, None])
+            if damping is not None:
+                left = left + (damping * n_train / sigma)[:, None, None] * torch.eye(
+                    left.shape[-1], dtype=dtype, device=device
+                )
+            size = left.shape[-1]
+            jitter = 1e-10 * torch.diagonal(left, dim1=-2, dim2=-1).mean(-1)
+            jitter = jitter.clamp_min(1.0)
+            left = left + jitter[:, None, None] * torch.eye(size, dtype=dtype).to(
+                device
+            )
+            left_factor = torch.linalg.cholesky(left)
+            right_factor = torch.linalg.cholesky(right)
+
+            def precondition(v):
+                solved = torch.cholesky_solve(stack(v), left_factor)
+                solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
+                return unstack(solved.transpose(-1, -2) * scale)
+
+            return precondition
+
+        return Curvature(hessian_vector, block_jacobi() if blocks else kronecker())
 
     def newton_solve(params, hparams, tol, max_iter):
         """Regularized Newton, each fold with its own Armijo backtracking step.
@@ -349,6 +451,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
         steps finite where the loss is piecewise linear (Huber, modified
         Huber) and vanishes at the solution (quadratic convergence)."""
         params = {name: value.detach().clone() for name, value in params.items()}
+        slow_solve = False
         for _ in range(max_iter + 1):
             with torch.enable_grad():
                 leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
@@ -370,17 +473,22 @@ def linear_problem(data: FoldData, spec) -> Problem:
                     "The inner problem diverged (non-finite training loss); check "
                     "the scale of the features and the hyperparameter bounds."
                 )
-            curv = curvature(params, hparams, damping=DAMPING * largest)
+            curv = curvature(
+                params, hparams, damping=DAMPING * largest, refresh=slow_solve
+            )
             # Inexact Newton: a looser linear solve far from the solution.
             forcing = torch.sqrt(largest).clamp(max=0.5, min=1e-6)
             # Inexact Newton: an unconverged step is still a descent direction.
-            step, _ = _batched_pcg(
+            step, _, products = _batched_pcg(
                 curv.hessian_vector,
                 {k: -g for k, g in grads.items()},
                 curv.precondition,
                 forcing,
                 max_iter=100,
             )
+            # A preconditioner from an earlier point serves while it keeps
+            # the linear solves short.
+            slow_solve = products > REFRESH_PRODUCTS
             slope = _fold_dot(grads, step)
             # Near the solution the decrease is below rounding: take the step.
             negligible = -slope <= 100 * torch.finfo(dtype).eps * losses.abs()
@@ -415,26 +523,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
                     penalty.expand(n_folds, n_features),
                     spec["fit_intercept"],
                 )
-            if newton:
-                return newton_solve(params, hparams, **spec["solver_options"])
-        solution = lbfgs_solve(
-            lambda p: inner_loss(p, hparams), params, **spec["solver_options"]
-        )
-        with torch.enable_grad():
-            leaves = {k: v.clone().requires_grad_() for k, v in solution.items()}
-            grads = torch.autograd.grad(
-                inner_loss(leaves, hparams), list(leaves.values())
-            )
-        tol = spec["solver_options"]["tol"]
-        if max(float(g.abs().max()) for g in grads) > tol:
-            warnings.warn(
-                f"The inner problem was not solved to tol={tol} in "
-                f"{spec['solver_options']['max_iter']} L-BFGS iterations "
-                "(inner_steps); hypergradients and scores may be inaccurate.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return solution
+            return newton_solve(params, hparams, **spec["solver_options"])
 
     def fitted_attributes(params):
         folds = []
