@@ -286,6 +286,36 @@ def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
     assert dot(v, pv) > 0
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_single_precision_products_still_solve_exactly(n_classes, monkeypatch):
+    """Large problems take Newton's loose linear solves with single-precision
+    matrix products (forced here on a small one): the products agree with
+    the exact ones to single precision, and the solution is the one found
+    with double-precision products, to a tight tolerance."""
+    from skbilevel.problems import _linear
+
+    monkeypatch.setattr(_linear, "FAST_SIZE", 0)
+    X, y = _classification(n_classes)
+    estimator = LogisticRegression(C=3.0, tol=1e-12, max_iter=10_000)
+    problem, params, hparams, splits = _solve(estimator, X, y, classifier=True)
+    curvature = problem.curvature(params, hparams)
+    assert curvature.fast_hessian_vector is not None
+    v = {k: torch.ones_like(p) for k, p in params.items()}
+    fast = curvature.fast_hessian_vector(v)
+    exact = curvature.hessian_vector(v)
+    for name in v:
+        np.testing.assert_allclose(fast[name], exact[name], rtol=1e-5, atol=1e-6)
+        assert fast[name].dtype == torch.float64
+    _check_folds(estimator, X, y, problem.fitted_attributes(params), splits)
+    monkeypatch.setattr(_linear, "FAST_SIZE", np.inf)
+    _, double, _, _ = _solve(estimator, X, y, classifier=True)
+    # (fitted attributes: a softmax's intercepts up to their common shift)
+    pairs = zip(problem.fitted_attributes(params), problem.fitted_attributes(double))
+    for single_fold, double_fold in pairs:
+        for name, value in single_fold.items():
+            np.testing.assert_allclose(value, double_fold[name], rtol=1e-8, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "estimator, n_classes",
     [

@@ -518,13 +518,22 @@ def test_sgd_settings_are_refitted_not_taken_from_the_minimizer():
     assert search.n_iter_[0] == len(search.history_)
 
 
+@pytest.mark.parametrize("single", [False, True])
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_tangent_hypergradient_matches_adjoint_and_predicts(n_classes):
+def test_tangent_hypergradient_matches_adjoint_and_predicts(
+    n_classes, single, monkeypatch
+):
     """Few hyperparameters use forward implicit differentiation (dw*/du by
     conjugate gradient); it equals the adjoint (implicit_cg) hypergradient,
-    and its tangent predicts the solution at a nearby u to second order."""
+    and its tangent predicts the solution at a nearby u to second order.
+    Also with the single-precision products of large problems (forced here),
+    whose solves are refined in double precision."""
     from skbilevel.hypergrad import gradient_descent, implicit_cg
+    from skbilevel.problems import _linear
     from skbilevel.problems._bilevel import _Objective
+
+    if single:
+        monkeypatch.setattr(_linear, "FAST_SIZE", 0)
 
     X, y = make_classification(
         n_samples=90,

@@ -67,10 +67,13 @@ class Problem(NamedTuple):
 class Curvature(NamedTuple):
     """The inner Hessian at a point, as products: ``hessian_vector(v) -> H v``
     and ``precondition(v)``, a positive-definite approximation of ``H^{-1} v``
-    (dicts shaped like the inner parameters)."""
+    (dicts shaped like the inner parameters); optionally
+    ``fast_hessian_vector``, the same product with its matrix products in
+    single precision, for the first iterations of a solve."""
 
     hessian_vector: Callable[[Params], Params]
     precondition: Callable[[Params], Params]
+    fast_hessian_vector: Callable[[Params], Params] | None = None
 
 
 def hyperparameter(hparams: Params, name: str, default, like: Tensor) -> Tensor:

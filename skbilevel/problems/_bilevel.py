@@ -27,7 +27,7 @@ from ..hypergrad._methods import _check_finite
 from ..utils import to_numpy, to_tensor
 from . import make_problem
 from ._base import FoldData
-from ._linear import _batched_pcg
+from ._linear import _refined_pcg
 
 _IMPLICIT = ("implicit_cg", "implicit_fixed_point")
 EXACT_FITS = (Ridge, RidgeClassifier, LogisticRegression, KernelRidge)
@@ -280,10 +280,9 @@ class _Objective:
                     k: torch.zeros_like(p) if m is None else -m.detach()
                     for (k, p), m in zip(params.items(), mixed)
                 }
-                column, converged, _ = _batched_pcg(
-                    at.hessian_vector,
+                column, converged, _ = _refined_pcg(
+                    at,
                     mixed,
-                    at.precondition,
                     options["cg_tol"],
                     options["max_iter"],
                     x0=previous[name][j] if name in previous else None,

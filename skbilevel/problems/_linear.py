@@ -18,6 +18,7 @@ the learned weight, and the intercept never penalized. A per-feature penalty
 """
 
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -92,6 +93,11 @@ DAMPING = 1e-2
 REFRESH_PRODUCTS = 20
 # Most features for the block-Jacobi preconditioner.
 BLOCK_FEATURES = 128
+# Hessian products in single precision first, from this many multiply-adds
+# per matrix product (below, casting costs more than it saves).
+FAST_SIZE = 2**20
+# Loosest linear solve of a Newton step done in double precision throughout.
+FAST_FORCING = 1e-3
 
 
 def _fold_dot(a, b):
@@ -178,6 +184,26 @@ def _weighted_grams(design, weights, cache):
     grams[..., rows, columns] = packed
     grams[..., columns, rows] = packed
     return grams
+
+
+def _refined_pcg(curvature, b, tol, max_iter, x0=None):
+    """:func:`_batched_pcg` on ``curvature``: first with its single-precision
+    products, if it has them, then in double precision from that solution,
+    so that the residual ``tol`` is reached with exact products."""
+    products = 0
+    if curvature.fast_hessian_vector is not None:
+        x0, _, products = _batched_pcg(
+            curvature.fast_hessian_vector,
+            b,
+            curvature.precondition,
+            tol,
+            max_iter,
+            x0=x0,
+        )
+    x, converged, more = _batched_pcg(
+        curvature.hessian_vector, b, curvature.precondition, tol, max_iter, x0=x0
+    )
+    return x, converged, products + more
 
 
 def _score_curvature(sample_loss, scores, weights):
@@ -325,11 +351,16 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 [column_penalty, torch.zeros_like(column_penalty[:, :1])], 1
             )
 
-        def hessian_vector(v):
-            response = score_product(_decision(X, v))
+        def hessian_vector(v, design=X):
+            """``H v``, the matrix products with ``design`` (X, or X in
+            single precision) and the rest in X's precision."""
+            scores = _matmul(design, v["coef"].to(design.dtype)).to(dtype)
+            if "intercept" in v:
+                scores = scores + v["intercept"][:, None, :]
+            response = score_product(scores)
             product = {
                 "coef": (
-                    _transposed_matmul(X, response)
+                    _transposed_matmul(design, response.to(design.dtype)).to(dtype)
                     + 2.0 * penalty[..., None] * v["coef"]
                 )
                 / scale
@@ -356,12 +387,8 @@ def linear_problem(data: FoldData, spec) -> Problem:
         def block_jacobi():
             """The exact diagonal blocks of the Hessian, one per output.
 
-            Block ``a`` is ``(sum_i (B_i)_aa x_i x_i^T + 2 diag(penalty)) / n_k``,
-            exact when the outputs are independent (one-vs-rest, binary). A
-            softmax couples them, and its Hessian splits exactly between the
-            common shift of every output (``w (x) 1``, curved by the penalty
-            alone, inverted exactly here) and the rest (preconditioned by the
-            blocks, projected off the shift).
+            Block ``a`` is ``(sum_i (B_i)_aa x_i x_i^T + 2 diag(penalty)) / n_k``:
+            exact when the outputs are independent (one-vs-rest, binary).
             """
             eye = torch.eye(design.shape[-1], dtype=dtype, device=device)
             if refresh or "grams" not in cache:
@@ -374,30 +401,35 @@ def linear_problem(data: FoldData, spec) -> Problem:
             jitter = 1e-10 * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
             extra = extra[:, None] + jitter.clamp_min(torch.finfo(dtype).tiny)
             factors = torch.linalg.cholesky(blocks + extra[..., None, None] * eye)
-            softmax = spec.get("softmax")
-            if softmax:
-                shift = column_penalty / n_train[:, None]
-                if damping is not None:
-                    shift = shift + damping[:, None]
-                shift_inverse = torch.where(shift > 0, 1.0 / shift, 0.0)[..., None]
 
-            def precondition(v):
-                stacked = stack(v)  # (K, D, c)
-                if softmax:
-                    mean = stacked.mean(-1, keepdim=True)
-                    stacked = stacked - mean
-                solved = (
-                    torch.cholesky_solve(stacked.transpose(-1, -2)[..., None], factors)[
-                        ..., 0
-                    ].transpose(-1, -2)
-                    * scale
+            def precondition(stacked):  # (K, D, c)
+                solved = torch.cholesky_solve(
+                    stacked.transpose(-1, -2)[..., None], factors
                 )
-                if softmax:
-                    solved = solved - solved.mean(-1, keepdim=True)
-                    solved = solved + shift_inverse * mean
-                return unstack(solved)
+                return solved[..., 0].transpose(-1, -2) * scale
 
             return precondition
+
+        def exact_shift(precondition):
+            """A softmax's Hessian splits exactly between the common shift of
+            every output (``w (x) 1``, curved by the penalty and the damping
+            alone: inverted exactly) and the rest (``precondition``, projected
+            off the shift)."""
+            if not spec.get("softmax"):
+                return lambda v: unstack(precondition(stack(v)))
+            shift = column_penalty / n_train[:, None]
+            if damping is not None:
+                shift = shift + damping[:, None]
+            shift_inverse = torch.where(shift > 0, 1.0 / shift, 0.0)[..., None]
+
+            def shifted(v):
+                stacked = stack(v)
+                mean = stacked.mean(-1, keepdim=True)
+                solved = precondition(stacked - mean)
+                solved = solved - solved.mean(-1, keepdim=True)
+                return unstack(solved + shift_inverse * mean)
+
+            return shifted
 
         def kronecker():
             """Replaces ``B_i`` by ``s_i S`` (``s_i`` the sample weight), with
@@ -435,14 +467,23 @@ def linear_problem(data: FoldData, spec) -> Problem:
             left_factor = torch.linalg.cholesky(left)
             right_factor = torch.linalg.cholesky(right)
 
-            def precondition(v):
-                solved = torch.cholesky_solve(stack(v), left_factor)
+            def precondition(stacked):  # (K, D, c)
+                solved = torch.cholesky_solve(stacked, left_factor)
                 solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
-                return unstack(solved.transpose(-1, -2) * scale)
+                return solved.transpose(-1, -2) * scale
 
             return precondition
 
-        return Curvature(hessian_vector, block_jacobi() if blocks else kronecker())
+        fast = None
+        if dtype == torch.float64 and X.numel() * n_folds * n_outputs >= FAST_SIZE:
+            if "single" not in cache:
+                cache["single"] = X.float()
+            fast = partial(hessian_vector, design=cache["single"])
+        return Curvature(
+            hessian_vector,
+            exact_shift(block_jacobi() if blocks else kronecker()),
+            fast,
+        )
 
     def newton_solve(params, hparams, tol, max_iter):
         """Regularized Newton, each fold with its own Armijo backtracking step.
@@ -476,11 +517,23 @@ def linear_problem(data: FoldData, spec) -> Problem:
             curv = curvature(
                 params, hparams, damping=DAMPING * largest, refresh=slow_solve
             )
-            # Inexact Newton: a looser linear solve far from the solution.
-            forcing = torch.sqrt(largest).clamp(max=0.5, min=1e-6)
+            # Inexact Newton: a looser linear solve far from the solution, and
+            # none tighter than needed to bring the gradient below tol (the
+            # next gradient is about the linear solve's residual).
+            needed = 0.5 * tol / torch.sqrt(_fold_dot(grads, grads))
+            forcing = torch.maximum(torch.sqrt(largest), needed).clamp(
+                max=0.5, min=1e-6
+            )
             # Inexact Newton: an unconverged step is still a descent direction.
+            # Single-precision products suffice for the loose solves: the
+            # gradient, which decides convergence, stays in double.
+            product = curv.hessian_vector
+            if curv.fast_hessian_vector is not None and bool(
+                (forcing >= FAST_FORCING).all()
+            ):
+                product = curv.fast_hessian_vector
             step, _, products = _batched_pcg(
-                curv.hessian_vector,
+                product,
                 {k: -g for k, g in grads.items()},
                 curv.precondition,
                 forcing,
