@@ -286,6 +286,25 @@ def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
     assert dot(v, pv) > 0
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("table", [True, False])
+def test_weighted_grams_match_their_definition(shared, table, monkeypatch):
+    """sum_i w_kia x_i x_i^T, by the packed table of products or by one
+    product per output, for a design shared by the folds or one per fold."""
+    from skbilevel.problems import _linear
+
+    if not table:
+        monkeypatch.setattr(_linear, "PRODUCTS_SIZE", 0)
+    generator = torch.Generator().manual_seed(3)
+    shape = (7, 4) if shared else (3, 7, 4)
+    design = torch.randn(shape, generator=generator, dtype=torch.float64)
+    weights = torch.rand(3, 7, 2, generator=generator, dtype=torch.float64)
+    grams = _linear._weighted_grams(design, weights, {})
+    per_fold = design.expand(3, 7, 4)
+    expected = torch.einsum("kia,kij,kil->kajl", weights, per_fold, per_fold)
+    torch.testing.assert_close(grams, expected)
+
+
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_single_precision_products_still_solve_exactly(n_classes, monkeypatch):
     """Large problems take Newton's loose linear solves with single-precision
@@ -341,11 +360,19 @@ def test_block_jacobi_inverts_a_block_diagonal_hessian(estimator, n_classes):
         np.testing.assert_allclose(back[name], v[name], rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("blocks", [True, False])
 @pytest.mark.parametrize("fit_intercept", [True, False])
-def test_softmax_preconditioner_inverts_the_shift_exactly(fit_intercept):
+def test_softmax_preconditioner_inverts_the_shift_exactly(
+    fit_intercept, blocks, monkeypatch
+):
     """A softmax's Hessian maps a common shift of every class's coefficients
-    (``u (x) 1``) to the penalty's shift alone; the preconditioner inverts
-    that part exactly, and approximates the rest to within a small factor."""
+    (``u (x) 1``) to the penalty's shift alone; both preconditioners invert
+    that part exactly, and the block-Jacobi one approximates the rest to
+    within a small factor."""
+    from skbilevel.problems import _linear
+
+    if not blocks:
+        monkeypatch.setattr(_linear, "BLOCK_FEATURES", 0)
     X, y = _classification(4)
     estimator = LogisticRegression(C=0.3, fit_intercept=fit_intercept)
     problem, params, hparams, _ = _solve(estimator, X, y, classifier=True)
@@ -361,6 +388,8 @@ def test_softmax_preconditioner_inverts_the_shift_exactly(fit_intercept):
     back = curvature.precondition(product)
     for name in v:
         np.testing.assert_allclose(back[name], v[name], rtol=1e-8, atol=1e-10)
+    if not blocks:
+        return
     # Off the shift, the preconditioned Hessian's Rayleigh quotients stay
     # within a small band.
     quotients = []
