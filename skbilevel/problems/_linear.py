@@ -314,17 +314,21 @@ def linear_problem(data: FoldData, spec) -> Problem:
 
         ``damping`` (K,), if given, is added to each fold's Hessian
         (Levenberg-Marquardt), for the Newton steps of :func:`newton_solve`.
-        The block-Jacobi preconditioner's Gram matrices are those of the last
-        call that computed them unless ``refresh`` (or none was): they cost
-        ``c n d^2`` per fold, and a preconditioner from a nearby point still
-        serves.
+        The block-Jacobi preconditioner's Gram matrices cost ``c n d^2`` per
+        fold: a damped call reuses those of the last call that computed them
+        (a preconditioner from a nearby point still serves) unless
+        ``refresh``; an undamped one (at an inner solution, for the
+        hypergradient) computes them.
 
         With scores ``Z = X W + b`` and ``B_i`` the (weighted) Hessian of the
         sample loss in ``z_i``, each fold's Hessian is
         ``(sum_i x_i x_i^T (x) B_i + 2 diag(penalty) (x) I) / n_k`` (intercept
-        as a column of ones). The preconditioner is, on few features (the
-        Newton solver's), :func:`block_jacobi`; on many, a Kronecker product
-        :func:`kronecker`, whose left factor is computed once per run.
+        as a column of ones). The preconditioner is, on up to
+        :data:`BLOCK_FEATURES` features, :func:`block_jacobi`; on more, a
+        Kronecker product :func:`kronecker`, whose left factor is computed
+        once per run; for a softmax, either is completed by
+        :func:`exact_shift`. On large problems, ``fast_hessian_vector`` takes
+        the matrix products in single precision.
         """
         hparams = {name: value.detach() for name, value in hparams.items()}
         params = {name: value.detach() for name, value in params.items()}
@@ -391,7 +395,10 @@ def linear_problem(data: FoldData, spec) -> Problem:
             exact when the outputs are independent (one-vs-rest, binary).
             """
             eye = torch.eye(design.shape[-1], dtype=dtype, device=device)
-            if refresh or "grams" not in cache:
+            # Undamped, the curvature is at an inner solution, for the
+            # hypergradient's tight solves: its blocks are always fresh (and
+            # then serve the next outer step's Newton steps).
+            if refresh or damping is None or "grams" not in cache:
                 cache["grams"] = _weighted_grams(design, diagonal, cache)
             blocks = cache["grams"] + torch.diag_embed(column_penalty)[:, None]
             extra = torch.zeros_like(n_train)
