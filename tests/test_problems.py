@@ -286,11 +286,13 @@ def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
     assert dot(v, pv) > 0
 
 
+@pytest.mark.parametrize("precision", [None, torch.float32])
 @pytest.mark.parametrize("shared", [True, False])
 @pytest.mark.parametrize("table", [True, False])
-def test_weighted_grams_match_their_definition(shared, table, monkeypatch):
+def test_weighted_grams_match_their_definition(shared, table, precision, monkeypatch):
     """sum_i w_kia x_i x_i^T, by the packed table of products or by one
-    product per output, for a design shared by the folds or one per fold."""
+    product per output, for a design shared by the folds or one per fold,
+    in double or in single precision (returned in double)."""
     from skbilevel.problems import _linear
 
     if not table:
@@ -299,10 +301,12 @@ def test_weighted_grams_match_their_definition(shared, table, monkeypatch):
     shape = (7, 4) if shared else (3, 7, 4)
     design = torch.randn(shape, generator=generator, dtype=torch.float64)
     weights = torch.rand(3, 7, 2, generator=generator, dtype=torch.float64)
-    grams = _linear._weighted_grams(design, weights, {})
+    grams = _linear._weighted_grams(design, weights, {}, precision)
     per_fold = design.expand(3, 7, 4)
     expected = torch.einsum("kia,kij,kil->kajl", weights, per_fold, per_fold)
-    torch.testing.assert_close(grams, expected)
+    assert grams.dtype == torch.float64
+    tolerance = 1e-5 if precision == torch.float32 else 1e-12
+    torch.testing.assert_close(grams, expected, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])

@@ -156,30 +156,41 @@ def _batched_pcg(matvec, b, precondition, tol, max_iter, x0=None):
 PRODUCTS_SIZE = 2**25
 
 
-def _weighted_grams(design, weights, cache):
+def _weighted_grams(design, weights, cache, precision=None):
     """``sum_i weights[k, i, a] x_i x_i^T`` for every fold k and output a,
     (K, c, D, D), with ``design`` (n, D) or (K, n, D).
 
     One matrix product against the table of the products ``x_ij x_ik``,
     j <= k, when it fits in :data:`PRODUCTS_SIZE` entries (computed once, in
     ``cache``, as the design does not change); else one product per output.
+    The products are taken in ``precision`` (the design's by default), the
+    result returned in the design's.
     """
     n_folds, n, n_outputs = weights.shape
     size = design.shape[-1]
+    precision = precision or design.dtype
     if design[..., 0].numel() * size * (size + 1) // 2 > PRODUCTS_SIZE:
-        transposed = design.transpose(-1, -2)
-        return torch.stack(
-            [transposed @ (weights[..., a, None] * design) for a in range(n_outputs)],
+        reduced = design.to(precision)
+        transposed = reduced.transpose(-1, -2)
+        grams = torch.stack(
+            [
+                transposed @ (weights[..., a, None].to(precision) * reduced)
+                for a in range(n_outputs)
+            ],
             dim=1,
         )
+        return grams.to(design.dtype)
     rows, columns = torch.triu_indices(size, size, device=design.device)
     if "products" not in cache:
-        cache["products"] = design[..., rows] * design[..., columns]
+        reduced = design.to(precision)
+        cache["products"] = reduced[..., rows] * reduced[..., columns]
+    products = cache["products"]
     if design.dim() == 2:
         flat = weights.transpose(1, 2).reshape(n_folds * n_outputs, n)
-        packed = (flat @ cache["products"]).reshape(n_folds, n_outputs, -1)
+        packed = (flat.to(precision) @ products).reshape(n_folds, n_outputs, -1)
     else:
-        packed = weights.transpose(1, 2) @ cache["products"]  # (K, c, D(D+1)/2)
+        packed = weights.transpose(1, 2).to(precision) @ products  # (K, c, T)
+    packed = packed.to(design.dtype)
     grams = packed.new_zeros(n_folds, n_outputs, size, size)
     grams[..., rows, columns] = packed
     grams[..., columns, rows] = packed
@@ -377,6 +388,10 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 }
             return product
 
+        # Large problems take their products (Hessian, Gram) in single
+        # precision where double is not needed.
+        single = dtype == torch.float64 and X.numel() * n_folds * n_outputs >= FAST_SIZE
+
         def stack(v):
             if "intercept" in v:
                 return torch.cat([v["coef"], v["intercept"][:, None, :]], dim=1)
@@ -399,13 +414,17 @@ def linear_problem(data: FoldData, spec) -> Problem:
             # hypergradient's tight solves: its blocks are always fresh (and
             # then serve the next outer step's Newton steps).
             if refresh or damping is None or "grams" not in cache:
-                cache["grams"] = _weighted_grams(design, diagonal, cache)
+                cache["grams"] = _weighted_grams(
+                    design, diagonal, cache, torch.float32 if single else None
+                )
             blocks = cache["grams"] + torch.diag_embed(column_penalty)[:, None]
             extra = torch.zeros_like(n_train)
             if damping is not None:
                 extra = damping * n_train
-            # The intercept block is singular on data a model separates.
-            jitter = 1e-10 * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
+            # The intercept block is singular on data a model separates, and
+            # single-precision blocks are positive definite to within rounding.
+            relative = 1e-6 if single else 1e-10
+            jitter = relative * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
             extra = extra[:, None] + jitter.clamp_min(torch.finfo(dtype).tiny)
             factors = torch.linalg.cholesky(blocks + extra[..., None, None] * eye)
 
@@ -482,7 +501,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
             return precondition
 
         fast = None
-        if dtype == torch.float64 and X.numel() * n_folds * n_outputs >= FAST_SIZE:
+        if single:
             if "single" not in cache:
                 cache["single"] = X.float()
             fast = partial(hessian_vector, design=cache["single"])
