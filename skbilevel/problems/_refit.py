@@ -170,10 +170,15 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         tags.regressor_tags = inner.regressor_tags
         return tags
 
-    def _current(self, key):
-        if key in self.learned_keys:
-            return (self.learned or {}).get(key)
-        return self.estimator.get_params()[key]
+    def _current(self):
+        """``value(key)``: the current value of a setting of the search."""
+        params = self.estimator.get_params()
+        learned = self.learned or {}
+
+        def value(key):
+            return learned.get(key) if key in self.learned_keys else params[key]
+
+        return value
 
     def _expressed(self):
         """The estimator with the learned penalties as a rescaling step, and
@@ -209,7 +214,7 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
     def fit(self, X, y=None, sample_index=None, **fit_params):
         """Fit the plain scikit-learn estimator that expresses the learned values."""
         if self.fold_solutions is not None and sample_index is not None:
-            found = self.fold_solutions.find(self._current, sample_index)
+            found = self.fold_solutions.find(self._current(), sample_index)
             if found is not None:
                 self.estimator_ = self._from_solution(X, y, found)
                 return self
