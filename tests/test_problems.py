@@ -300,8 +300,11 @@ def test_weighted_grams_match_their_definition(shared, table, precision, monkeyp
     generator = torch.Generator().manual_seed(3)
     shape = (7, 4) if shared else (3, 7, 4)
     design = torch.randn(shape, generator=generator, dtype=torch.float64)
-    weights = torch.rand(3, 7, 2, generator=generator, dtype=torch.float64)
-    grams = _linear._weighted_grams(design, weights, {}, precision)
+    # (3 folds times 6 outputs: enough to use the table)
+    weights = torch.rand(3, 7, 6, generator=generator, dtype=torch.float64)
+    cache = {}
+    grams = _linear._weighted_grams(design, weights, cache, precision)
+    assert ("products" in cache) == table
     per_fold = design.expand(3, 7, 4)
     expected = torch.einsum("kia,kij,kil->kajl", weights, per_fold, per_fold)
     assert grams.dtype == torch.float64

@@ -94,7 +94,8 @@ REFRESH_PRODUCTS = 20
 # Most features for the block-Jacobi preconditioner.
 BLOCK_FEATURES = 128
 # Hessian products in single precision first, from this many multiply-adds
-# per matrix product (below, casting costs more than it saves).
+# per matrix product (below, casting costs more than it saves); the
+# preconditioner's Gram matrices from 16 times as many.
 FAST_SIZE = 2**20
 # Loosest linear solve of a Newton step done in double precision throughout.
 FAST_FORCING = 1e-3
@@ -162,14 +163,17 @@ def _weighted_grams(design, weights, cache, precision=None):
 
     One matrix product against the table of the products ``x_ij x_ik``,
     j <= k, when it fits in :data:`PRODUCTS_SIZE` entries (computed once, in
-    ``cache``, as the design does not change); else one product per output.
+    ``cache``, as the design does not change) and there are at least 16
+    folds times outputs to amortize reading it; else one product per output.
     The products are taken in ``precision`` (the design's by default), the
     result returned in the design's.
     """
     n_folds, n, n_outputs = weights.shape
     size = design.shape[-1]
     precision = precision or design.dtype
-    if design[..., 0].numel() * size * (size + 1) // 2 > PRODUCTS_SIZE:
+    table = design[..., 0].numel() * size * (size + 1) // 2
+    # The table is read once per product: worth it for many folds and outputs.
+    if table > PRODUCTS_SIZE or n_folds * n_outputs < 16:
         reduced = design.to(precision)
         transposed = reduced.transpose(-1, -2)
         grams = torch.stack(
@@ -391,6 +395,10 @@ def linear_problem(data: FoldData, spec) -> Problem:
         # Large problems take their products (Hessian, Gram) in single
         # precision where double is not needed.
         single = dtype == torch.float64 and X.numel() * n_folds * n_outputs >= FAST_SIZE
+        single_grams = (
+            dtype == torch.float64
+            and X.numel() * X.shape[-1] * n_folds * n_outputs >= FAST_SIZE * 16
+        )
 
         def stack(v):
             if "intercept" in v:
@@ -415,7 +423,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
             # then serve the next outer step's Newton steps).
             if refresh or damping is None or "grams" not in cache:
                 cache["grams"] = _weighted_grams(
-                    design, diagonal, cache, torch.float32 if single else None
+                    design, diagonal, cache, torch.float32 if single_grams else None
                 )
             blocks = cache["grams"] + torch.diag_embed(column_penalty)[:, None]
             extra = torch.zeros_like(n_train)
@@ -423,7 +431,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 extra = damping * n_train
             # The intercept block is singular on data a model separates, and
             # single-precision blocks are positive definite to within rounding.
-            relative = 1e-6 if single else 1e-10
+            relative = 1e-6 if single_grams else 1e-10
             jitter = relative * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
             extra = extra[:, None] + jitter.clamp_min(torch.finfo(dtype).tiny)
             factors = torch.linalg.cholesky(blocks + extra[..., None, None] * eye)
