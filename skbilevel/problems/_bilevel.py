@@ -8,6 +8,7 @@ the previous one); a sample-weight budget needs its own projection, so it is
 optimized by projected Adam.
 """
 
+import contextlib
 import time
 import warnings
 
@@ -523,10 +524,11 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         problem, specs, settings, exact_fit=type(final) in EXACT_FITS
     )
     budget = any(getattr(spec, "budget", None) is not None for spec in specs.values())
-    if settings["outer_optimizer"] == "adam" or budget:
-        u = _adam(objective, u0, settings)
-    else:
-        u = _lbfgs(objective, u0, settings)
+    with _cpu_threads(data):
+        if settings["outer_optimizer"] == "adam" or budget:
+            u = _adam(objective, u0, settings)
+        else:
+            u = _lbfgs(objective, u0, settings)
 
     def by_key(values):
         return {
@@ -540,13 +542,39 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     if not _same_values(final_values, objective.history[-1]["params"]):
         # Adam's last update, or L-BFGS-B's best point before a failed line
         # search: the history ends at the learned values.
-        objective(u)
+        with _cpu_threads(data):
+            objective(u)
     for entry in objective.history:
         entry["params"] = by_key(entry["params"])
     solutions = None
     if objective.keeps_solutions:
         solutions = {"folds": objective.solutions, "prefixes": prefixes}
     return by_key(final_values), objective.history, solutions
+
+
+# Largest data (entries of X times folds) run on one CPU thread.
+SMALL_DATA = 2**22
+
+
+@contextlib.contextmanager
+def _cpu_threads(data):
+    """One torch thread for small data on the CPU, restored afterwards.
+
+    A run on small data is thousands of small tensor operations, each of
+    which costs more to split between threads than to compute (on digits,
+    two threads made a run about three times slower than one).
+    """
+    folds = data.train.shape[0] if data.X.dim() == 2 else 1
+    small = data.X.device.type == "cpu" and data.X.numel() * folds <= SMALL_DATA
+    if not small or torch.get_num_threads() == 1:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _same_values(a, b):
