@@ -562,7 +562,7 @@ def _cpu_threads(data):
 
     A run on small data is thousands of small tensor operations, each of
     which costs more to split between threads than to compute (on digits,
-    two threads made a run about three times slower than one).
+    two threads made the descent about 1.2 times slower than one).
     """
     folds = data.train.shape[0] if data.X.dim() == 2 else 1
     small = data.X.device.type == "cpu" and data.X.numel() * folds <= SMALL_DATA
