@@ -370,16 +370,16 @@ def linear_problem(data: FoldData, spec) -> Problem:
                 [column_penalty, torch.zeros_like(column_penalty[:, :1])], 1
             )
 
-        def hessian_vector(v, design=X):
-            """``H v``, the matrix products with ``design`` (X, or X in
+        def hessian_vector(v, features=X):
+            """``H v``, the matrix products with ``features`` (X, or X in
             single precision) and the rest in X's precision."""
-            scores = _matmul(design, v["coef"].to(design.dtype)).to(dtype)
+            scores = _matmul(features, v["coef"].to(features.dtype)).to(dtype)
             if "intercept" in v:
                 scores = scores + v["intercept"][:, None, :]
             response = score_product(scores)
             product = {
                 "coef": (
-                    _transposed_matmul(design, response.to(design.dtype)).to(dtype)
+                    _transposed_matmul(features, response.to(features.dtype)).to(dtype)
                     + 2.0 * penalty[..., None] * v["coef"]
                 )
                 / scale
@@ -512,7 +512,7 @@ def linear_problem(data: FoldData, spec) -> Problem:
         if single:
             if "single" not in cache:
                 cache["single"] = X.float()
-            fast = partial(hessian_vector, design=cache["single"])
+            fast = partial(hessian_vector, features=cache["single"])
         return Curvature(
             hessian_vector,
             exact_shift(block_jacobi() if blocks else kronecker()),
