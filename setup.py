@@ -28,6 +28,7 @@ setup(
         "scikit-learn>=1.6",
         "torch>=2.1",
         "joblib>=1.2",
+        "threadpoolctl>=3.1",
         "tqdm>=4.60",
     ],
     extras_require={

@@ -19,6 +19,7 @@ from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
 from .hypergrad import METHODS
 from .problems._bilevel import learn
 from .problems._refit import FoldSolutions, LearnedSettings, _same
+from .utils._threads import one_blas_thread
 
 _SPECS = (Real, PerFeature, PerStep, PerLayer, SampleWeight)
 
@@ -423,7 +424,8 @@ class BilevelSearchCV(BaseSearchCV):
             self.estimator, learned_keys=array_keys, fold_solutions=FoldSolutions()
         )
         index = np.arange(_num_samples(X))
-        BaseSearchCV.fit(delegate, X, y, sample_index=index, **params)
+        with one_blas_thread(X):
+            BaseSearchCV.fit(delegate, X, y, sample_index=index, **params)
         for name, value in vars(delegate).items():
             if name.endswith("_") and not name.startswith("__"):
                 setattr(self, name, value)

@@ -585,3 +585,32 @@ def test_tangent_hypergradient_matches_adjoint_and_predicts(
         }
         errors.append(max(float((shift[k] - guess[k]).abs().max()) for k in exact))
     assert errors[1] < errors[0] / 30
+
+
+def test_small_data_refits_on_one_blas_thread(regression, monkeypatch):
+    """Small data: scikit-learn's refit runs with one BLAS thread and the
+    user's limit is back afterwards; large data keeps the user's limit."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from skbilevel.utils import _threads
+
+    def blas_threads():
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    seen = []
+    fit = LearnedSettings.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append(blas_threads())
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(LearnedSettings, "fit", recording_fit)
+    X, y = regression
+    with threadpool_limits(limits=2, user_api="blas"):
+        BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=2).fit(X, y)
+        assert seen and all(threads == {1} for threads in seen)
+        assert blas_threads() == {2}
+        seen.clear()
+        monkeypatch.setattr(_threads, "SMALL_DATA", 0)
+        BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=2).fit(X, y)
+        assert seen and all(threads == {2} for threads in seen)

@@ -26,6 +26,7 @@ from sklearn.utils import _safe_indexing, assert_all_finite, check_array
 from ..hypergrad import METHODS, Hypergradient, gradient_descent
 from ..hypergrad._methods import _check_finite
 from ..utils import to_numpy, to_tensor
+from ..utils._threads import SMALL_DATA
 from . import make_problem
 from ._base import FoldData
 from ._linear import _refined_pcg
@@ -550,10 +551,6 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     if objective.keeps_solutions:
         solutions = {"folds": objective.solutions, "prefixes": prefixes}
     return by_key(final_values), objective.history, solutions
-
-
-# Largest data (entries of X times folds) run on one CPU thread.
-SMALL_DATA = 2**22
 
 
 @contextlib.contextmanager

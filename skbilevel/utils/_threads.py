@@ -1,0 +1,29 @@
+"""Thread settings for small problems on the CPU."""
+
+import contextlib
+
+from threadpoolctl import threadpool_limits
+
+# Largest data run on one CPU thread: entries of X, times the number of folds
+# where the folds are solved together.
+SMALL_DATA = 2**22
+
+
+@contextlib.contextmanager
+def one_blas_thread(X):
+    """One BLAS thread while scikit-learn fits and scores small data.
+
+    scikit-learn's solvers on small data make thousands of small matrix
+    products, each of which costs more to split between threads than to
+    compute: on digits (1,797 x 64), ``LogisticRegression.fit`` took 0.06 s
+    with one OpenBLAS thread and about 1 s with two on a 2-core machine. As in
+    scikit-learn's own ``KMeans``, the limit holds only inside this context;
+    the user's settings are restored afterwards. Data without a 2-D ``shape``
+    keeps them.
+    """
+    shape = getattr(X, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] * shape[1] > SMALL_DATA:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
