@@ -69,6 +69,12 @@ def parse_args():
     parser.add_argument("--T", type=int, default=5)
     parser.add_argument("--outer-learning-rate", type=float, default=1e-3)
     parser.add_argument(
+        "--outer-lr-decay",
+        type=float,
+        default=1e-4,
+        help="inverse-time decay of the outer step: lr / (1 + decay * step)",
+    )
+    parser.add_argument(
         "--fixed-inner-lr",
         action="store_true",
         help="keep the inner learning rate at 0.1 instead of learning it",
@@ -81,6 +87,12 @@ def parse_args():
         "--early-stopping",
         action="store_true",
         help="keep the bilevel model of the best meta-validation checkpoint",
+    )
+    parser.add_argument(
+        "--n-iter-no-change",
+        type=int,
+        default=5,
+        help="with --early-stopping, validations without improvement before stopping",
     )
     parser.add_argument("--validation-episodes", type=int, default=100)
     parser.add_argument("--test-episodes", type=int, default=600)
@@ -107,12 +119,14 @@ def meta_train(args, splits, n_way, n_shot, training, max_time):
         T=args.T,
         learn_learning_rate=not args.fixed_inner_lr,
         outer_learning_rate=args.outer_learning_rate,
+        outer_lr_decay=args.outer_lr_decay,
         meta_batch_size=args.meta_batch_size,
         max_iter=args.max_iter,
         max_time=max_time,
         validation_interval=args.validation_interval,
         n_validation_episodes=args.validation_episodes,
         early_stopping=args.early_stopping and training == "bilevel",
+        n_iter_no_change=args.n_iter_no_change,
         training=training,
         batch_norm=args.batch_norm if training == "bilevel" else "running",
         device=args.device,
@@ -267,13 +281,16 @@ def write(args, table, curves, per_model, start):
         f"Meta-batch {args.meta_batch_size}, T={args.T}, batch norm "
         f"{args.batch_norm!r} (bilevel), inner learning rate "
         f"{'fixed' if args.fixed_inner_lr else 'learned'}, outer Adam "
-        f"{args.outer_learning_rate:g}, budget {per_model:.0f} s per bilevel "
+        f"{args.outer_learning_rate:g} with inverse-time decay "
+        f"{args.outer_lr_decay:g}, budget {per_model:.0f} s per bilevel "
         f"model; whole run {time.perf_counter() - start:.0f} s.\n\n"
     )
     if args.early_stopping:
         header += (
             "Early stopping: each bilevel model is the one of its best "
-            "meta-validation checkpoint (curve below), not its last step.\n\n"
+            "meta-validation checkpoint (curve below), not its last step; "
+            f"training stops after {args.n_iter_no_change} validations without "
+            "improvement.\n\n"
         )
     if args.train_way is not None:
         header += (
