@@ -20,14 +20,19 @@ from the 100 validation characters) is logged every ``--validation-interval``
 steps, giving an accuracy-vs-time curve. Tables are written to
 ``benchmarks/results/bench_few_shot[_TAG].md`` and ``..._curve.csv``.
 
-Usage (CPU, 22 minutes of meta-training: one model per shot count, trained
-on 20-way episodes, which scored higher on 5-way test episodes than 5-way
-training, keeping the best validated checkpoint; see
-``results/bench_few_shot_notes.md``, section 4)::
+Usage (CPU, one model per shot count trained on 20-way episodes, which
+scored higher on 5-way test episodes than 5-way training, the outer step
+decaying, the best validated checkpoint kept; the two run side by side, 47
+minutes of meta-training on 2 cores; see ``results/bench_few_shot_notes.md``,
+section 5)::
 
-    nice -n 5 python benchmarks/bench_few_shot.py --threads 1 --train-way 20 \\
-        --meta-batch-size 4 --fixed-inner-lr --budget 1300 --early-stopping \\
-        --skip-joint --validation-interval 200 --tag cpu_train20way_es
+    common="--threads 1 --train-way 20 --meta-batch-size 4 --fixed-inner-lr \\
+        --budget 2900 --early-stopping --n-iter-no-change 8 \\
+        --outer-lr-decay 1e-3 --skip-joint --pixels none"
+    python benchmarks/bench_few_shot.py --settings 5,1 20,1 $common \\
+        --tag cpu_train20way_decay_1shot &
+    python benchmarks/bench_few_shot.py --settings 5,5 20,5 $common \\
+        --tag cpu_train20way_decay_5shot &
 
 Usage (GPU, the four settings and the joint baseline in about 7 minutes)::
 

@@ -493,24 +493,3 @@ def test_closed_form_score_curvature_matches_autograd(n_classes):
     torch.testing.assert_close(got[0](U), expected[0](U))
     torch.testing.assert_close(got[1], expected[1])
     torch.testing.assert_close(got[2], expected[2])
-
-
-def test_small_data_runs_on_one_cpu_thread(monkeypatch):
-    """Small data: the run takes one torch thread, and the user's setting is
-    restored afterwards; large data keeps it."""
-    from skbilevel.problems import _bilevel
-
-    X, y = _classification(3)
-    splits = list(StratifiedKFold(3).split(X, y))
-    _, data = fold_data(LogisticRegression(), X, y, splits, None, "cpu", "float64")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with _bilevel._cpu_threads(data):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        monkeypatch.setattr(_bilevel, "SMALL_DATA", 0)
-        with _bilevel._cpu_threads(data):
-            assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(previous)

@@ -614,3 +614,36 @@ def test_small_data_refits_on_one_blas_thread(regression, monkeypatch):
         monkeypatch.setattr(_threads, "SMALL_DATA", 0)
         BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=2).fit(X, y)
         assert seen and all(threads == {2} for threads in seen)
+
+
+def test_small_data_runs_on_one_cpu_thread(monkeypatch):
+    """Small data: the run takes one torch thread, and the user's setting is
+    restored afterwards; large data keeps it."""
+    from skbilevel.problems import _bilevel
+    from skbilevel.utils import _threads
+
+    seen = []
+    adam = _bilevel._adam
+
+    def recording_adam(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return adam(*args, **kwargs)
+
+    monkeypatch.setattr(_bilevel, "_adam", recording_adam)
+    X, y = make_classification(
+        n_samples=60, n_features=5, n_classes=3, n_informative=3, random_state=0
+    )
+    search = BilevelSearchCV(
+        LogisticRegression(), {"C": 1.0}, cv=3, max_iter=2, outer_optimizer="adam"
+    )
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        search.fit(X, y)
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(_threads, "SMALL_DATA", 0)
+        search.fit(X, y)
+        assert seen == [1, 2]
+    finally:
+        torch.set_num_threads(previous)

@@ -8,7 +8,6 @@ the previous one); a sample-weight budget needs its own projection, so it is
 optimized by projected Adam.
 """
 
-import contextlib
 import time
 import warnings
 
@@ -26,7 +25,7 @@ from sklearn.utils import _safe_indexing, assert_all_finite, check_array
 from ..hypergrad import METHODS, Hypergradient, gradient_descent
 from ..hypergrad._methods import _check_finite
 from ..utils import to_numpy, to_tensor
-from ..utils._threads import SMALL_DATA
+from ..utils._threads import one_torch_thread
 from . import make_problem
 from ._base import FoldData
 from ._linear import _refined_pcg
@@ -525,7 +524,9 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
         problem, specs, settings, exact_fit=type(final) in EXACT_FITS
     )
     budget = any(getattr(spec, "budget", None) is not None for spec in specs.values())
-    with _cpu_threads(data):
+    folds = data.train.shape[0] if data.X.dim() == 2 else 1
+    entries = data.X.numel() * folds
+    with one_torch_thread(entries, data.X.device):
         if settings["outer_optimizer"] == "adam" or budget:
             u = _adam(objective, u0, settings)
         else:
@@ -543,7 +544,7 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     if not _same_values(final_values, objective.history[-1]["params"]):
         # Adam's last update, or L-BFGS-B's best point before a failed line
         # search: the history ends at the learned values.
-        with _cpu_threads(data):
+        with one_torch_thread(entries, data.X.device):
             objective(u)
     for entry in objective.history:
         entry["params"] = by_key(entry["params"])
@@ -551,27 +552,6 @@ def learn(estimator, space, X, y, splits, sample_weight, settings, restart, seed
     if objective.keeps_solutions:
         solutions = {"folds": objective.solutions, "prefixes": prefixes}
     return by_key(final_values), objective.history, solutions
-
-
-@contextlib.contextmanager
-def _cpu_threads(data):
-    """One torch thread for small data on the CPU, restored afterwards.
-
-    A run on small data is thousands of small tensor operations, each of
-    which costs more to split between threads than to compute (on digits,
-    two threads made the descent about 1.2 times slower than one).
-    """
-    folds = data.train.shape[0] if data.X.dim() == 2 else 1
-    small = data.X.device.type == "cpu" and data.X.numel() * folds <= SMALL_DATA
-    if not small or torch.get_num_threads() == 1:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _same_values(a, b):
