@@ -32,7 +32,13 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "tests": ["pytest>=7", "pandas>=1.5", "ruff>=0.6"],
+        "tests": [
+            "pytest>=7",
+            "pandas>=1.5",
+            "ruff>=0.6",
+            "hypothesis>=6.80",
+            "matplotlib>=3.6",
+        ],
         "docs": [
             "sphinx>=7",
             "numpydoc>=1.6",
