@@ -420,3 +420,102 @@ def test_implicit_cg_with_custom_products_and_preconditioner():
         solution, hparams, 0, dyn, outer, max_iter=0, init=default.adjoint
     )
     torch.testing.assert_close(warm.grad["c"], expected, rtol=1e-8, atol=1e-10)
+
+
+def _spd(n, generator, n_folds=None):
+    shape = (n, n) if n_folds is None else (n_folds, n, n)
+    A = torch.randn(shape, generator=generator, dtype=DTYPE)
+    return A @ A.transpose(-1, -2) + 0.1 * torch.eye(n, dtype=DTYPE)
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+@pytest.mark.parametrize("warm", [False, True])
+def test_conjugate_gradient_matches_a_dense_solve(preconditioned, warm):
+    """The package's one CG solves a dense SPD system split over two entries of
+    a dict (unbatched), with or without a Jacobi preconditioner and a start
+    ``x0``; an exact-inverse preconditioner takes one product."""
+    from skbilevel.hypergrad._cg import conjugate_gradient
+
+    generator = torch.Generator().manual_seed(0)
+    A = _spd(7, generator)
+    b = torch.randn(7, generator=generator, dtype=DTYPE)
+
+    def split(x):
+        return {"a": x[:3], "b": x[3:].reshape(2, 2)}
+
+    def joined(v):
+        return torch.cat([v["a"], v["b"].reshape(-1)])
+
+    diagonal = torch.diagonal(A)
+    x0 = split(torch.randn(7, generator=generator, dtype=DTYPE)) if warm else None
+    x, converged, n_products = conjugate_gradient(
+        lambda v: split(A @ joined(v)),
+        split(b),
+        tol=1e-12,
+        max_iter=100,
+        precondition=(lambda v: split(joined(v) / diagonal))
+        if preconditioned
+        else None,
+        x0=x0,
+    )
+    assert converged and 0 < n_products <= 100
+    expected = torch.linalg.solve(A, b)
+    torch.testing.assert_close(joined(x), expected, rtol=1e-9, atol=1e-10)
+    inverse = torch.linalg.inv(A)
+    _, converged, n_products = conjugate_gradient(
+        lambda v: split(A @ joined(v)),
+        split(b),
+        tol=1e-10,
+        max_iter=10,
+        precondition=lambda v: split(inverse @ joined(v)),
+        x0=x0,
+    )
+    assert converged and n_products == 1
+
+
+@pytest.mark.parametrize("preconditioned", [False, True])
+@pytest.mark.parametrize("warm", [False, True])
+def test_batched_conjugate_gradient_solves_each_fold_to_its_tol(preconditioned, warm):
+    """Batched, the leading dimension holds independent systems, each solved
+    to its own relative residual; a fold that has converged stops moving
+    (here one with a zero right side and, warm, one solved by its start)."""
+    from skbilevel.hypergrad._cg import conjugate_gradient
+
+    generator = torch.Generator().manual_seed(1)
+    n_folds, n = 4, 6
+    A = _spd(n, generator, n_folds)
+    b = torch.randn(n_folds, n, 2, generator=generator, dtype=DTYPE)
+    b[3] = 0.0
+    expected = torch.linalg.solve(A, b)
+
+    def matvec(v):
+        return {"w": A @ v["w"]}
+
+    diagonal = torch.diagonal(A, dim1=-2, dim2=-1)[..., None]
+    x0 = None
+    if warm:
+        x0 = {"w": torch.randn(n_folds, n, 2, generator=generator, dtype=DTYPE)}
+        # (a zero right side is only solved to a relative tol from zero)
+        x0["w"][1], x0["w"][3] = expected[1], 0.0
+    tol = torch.tensor([1e-12, 1e-12, 1e-3, 1e-12], dtype=DTYPE)
+    x, converged, n_products = conjugate_gradient(
+        matvec,
+        {"w": b},
+        tol=tol,
+        max_iter=200,
+        precondition=(lambda v: {"w": v["w"] / diagonal}) if preconditioned else None,
+        x0=x0,
+        batched=True,
+    )
+    assert converged and n_products <= 200
+    residual = torch.linalg.norm((A @ x["w"] - b).flatten(1), dim=1)
+    assert bool((residual <= tol * torch.linalg.norm(b.flatten(1), dim=1)).all())
+    for k in (0, 1, 3):
+        torch.testing.assert_close(x["w"][k], expected[k], rtol=1e-9, atol=1e-10)
+    if warm:
+        assert torch.equal(x["w"][1], x0["w"][1])
+    # A uniform float tolerance, and a cap on the products that is reached.
+    _, converged, n_products = conjugate_gradient(
+        matvec, {"w": b}, tol=1e-14, max_iter=2, batched=True
+    )
+    assert not converged and n_products == 2

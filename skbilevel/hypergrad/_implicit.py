@@ -13,53 +13,13 @@ import torch
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
+from ._cg import conjugate_gradient
 from ._dynamics import gradient_norm, unroll
 from ._methods import Hypergradient, _check_finite, _detached, _grad, _leaves
 
 
-def _dot(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b))
-
-
 def _norm(a: list[Tensor]) -> float:
-    return float(torch.sqrt(_dot(a, a)))
-
-
-def _conjugate_gradient(
-    matvec, b: list[Tensor], max_iter: int, tol: float, precondition=None, x0=None
-):
-    """Solve ``A x = b`` for a symmetric positive-definite ``A`` given by matvec.
-
-    ``precondition(r)``, if given, applies a symmetric positive-definite
-    approximation of ``A^{-1}`` (preconditioned conjugate gradient); ``x0`` is
-    the initial guess (zero by default). Returns the solution and whether
-    ``||A x - b|| <= tol * ||b||`` was reached.
-    """
-    precondition = precondition or (lambda r: r)
-    if x0 is None:
-        x = [torch.zeros_like(v) for v in b]
-        residual = list(b)
-    else:
-        x = list(x0)
-        residual = [bi - ai for bi, ai in zip(b, matvec(x))]
-    preconditioned = precondition(residual)
-    direction = list(preconditioned)
-    rz = _dot(residual, preconditioned)
-    threshold = tol * _norm(b)
-    for _ in range(max_iter):
-        if _norm(residual) <= threshold:
-            return x, True
-        product = matvec(direction)
-        alpha = rz / _dot(direction, product)
-        x = [xi + alpha * di for xi, di in zip(x, direction)]
-        residual = [ri - alpha * pi for ri, pi in zip(residual, product)]
-        preconditioned = precondition(residual)
-        rz_new = _dot(residual, preconditioned)
-        direction = [
-            zi + (rz_new / rz) * di for zi, di in zip(preconditioned, direction)
-        ]
-        rz = rz_new
-    return x, _norm(residual) <= threshold
+    return float(torch.sqrt(sum((x * x).sum() for x in a)))
 
 
 def _default_tol(params: dict, tol: float | None) -> float:
@@ -169,36 +129,33 @@ def implicit_cg(
     hparams = _leaves(hparams)
     w = _leaves(_solve_inner(params, hparams, T, dynamics, tol)[0])
     value = _check_finite(outer_loss(w, hparams), T)
-    direct_w = list(_grad(value, w, retain_graph=True).values())
+    direct_w = _grad(value, w, retain_graph=True)
     direct_h = _grad(value, hparams)
     inner_grad = list(
         _grad(dynamics.inner_loss(w, hparams), w, create_graph=True).values()
     )
-
-    names = list(w)
-
-    def as_list(function):
-        return lambda v: list(function(dict(zip(names, v))).values())
-
     if hessian_vector is None:
 
-        def matvec(v):
-            return list(
-                _grad(inner_grad, w, grad_outputs=v, retain_graph=True).values()
+        def hessian_vector(v):
+            return _grad(
+                inner_grad, w, grad_outputs=list(v.values()), retain_graph=True
             )
-    else:
-        matvec = as_list(hessian_vector)
-    precondition = None if preconditioner is None else as_list(preconditioner)
+
     cg_tol = _default_tol(w, cg_tol)
-    x0 = None if init is None else [init[name].detach() for name in names]
-    v, converged = _conjugate_gradient(
-        matvec, direct_w, max_iter, cg_tol, precondition, x0
+    x0 = None if init is None else {name: init[name].detach() for name in w}
+    v, converged, _ = conjugate_gradient(
+        hessian_vector,
+        direct_w,
+        tol=cg_tol,
+        max_iter=max_iter,
+        precondition=preconditioner,
+        x0=x0,
     )
     if not converged:
         _warn_linear_system("conjugate gradient", max_iter, cg_tol)
-    mixed = _grad(inner_grad, hparams, grad_outputs=v)
+    mixed = _grad(inner_grad, hparams, grad_outputs=list(v.values()))
     grad = {name: direct_h[name] - mixed[name] for name in hparams}
-    adjoint = {name: vi.detach() for name, vi in zip(names, v)}
+    adjoint = {name: vi.detach() for name, vi in v.items()}
     return Hypergradient(value.detach(), grad, _detached(w), adjoint)
 
 
