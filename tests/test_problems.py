@@ -1,5 +1,7 @@
 """The inner problems against scikit-learn's own solvers and finite differences."""
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,7 @@ from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import SVC
 
 from skbilevel.problems import feature_scale, make_problem
-from skbilevel.problems._bilevel import fold_data
+from skbilevel.problems import fold_data
 
 OPTIONS = {"tol": 1e-10, "max_iter": 500}
 
@@ -293,18 +295,19 @@ def test_weighted_grams_match_their_definition(shared, table, precision, monkeyp
     """sum_i w_kia x_i x_i^T, by the packed table of products or by one
     product per output, for a design shared by the folds or one per fold,
     in double or in single precision (returned in double)."""
-    from skbilevel.problems import _linear
+    from skbilevel.problems import _curvature
+    from skbilevel.problems._linear_loss import PreconditionerCache
 
     if not table:
-        monkeypatch.setattr(_linear, "PRODUCTS_SIZE", 0)
+        monkeypatch.setattr(_curvature, "PRODUCTS_SIZE", 0)
     generator = torch.Generator().manual_seed(3)
     shape = (7, 4) if shared else (3, 7, 4)
     design = torch.randn(shape, generator=generator, dtype=torch.float64)
     # (3 folds times 6 outputs: enough to use the table)
     weights = torch.rand(3, 7, 6, generator=generator, dtype=torch.float64)
-    cache = {}
-    grams = _linear._weighted_grams(design, weights, cache, precision)
-    assert ("products" in cache) == table
+    cache = PreconditionerCache()
+    grams = _curvature._weighted_grams(design, weights, cache, precision)
+    assert (cache.products is not None) == table
     per_fold = design.expand(3, 7, 4)
     expected = torch.einsum("kia,kij,kil->kajl", weights, per_fold, per_fold)
     assert grams.dtype == torch.float64
@@ -318,7 +321,7 @@ def test_single_precision_products_still_solve_exactly(n_classes, monkeypatch):
     matrix products (forced here on a small one): the products agree with
     the exact ones to single precision, and the solution is the one found
     with double-precision products, to a tight tolerance."""
-    from skbilevel.problems import _linear
+    _linear = importlib.import_module("skbilevel.problems._linear")
 
     monkeypatch.setattr(_linear, "FAST_SIZE", 0)
     X, y = _classification(n_classes)
@@ -376,7 +379,7 @@ def test_softmax_preconditioner_inverts_the_shift_exactly(
     (``u (x) 1``) to the penalty's shift alone; both preconditioners invert
     that part exactly, and the block-Jacobi one approximates the rest to
     within a small factor."""
-    from skbilevel.problems import _linear
+    _linear = importlib.import_module("skbilevel.problems._linear")
 
     if not blocks:
         monkeypatch.setattr(_linear, "BLOCK_FEATURES", 0)
@@ -457,7 +460,7 @@ def test_newton_solution_is_stationary_and_warm_starts():
 
 @pytest.mark.parametrize("n_classes", [2, 4])
 def test_closed_form_score_curvature_matches_autograd(n_classes):
-    from skbilevel.problems._linear import (
+    from skbilevel.problems._curvature import (
         _logistic_curvature,
         _score_curvature,
         _softmax_curvature,

@@ -1,0 +1,397 @@
+"""The inner Hessian of a linear model, as exact products, and its preconditioners.
+
+With scores ``Z = X W + b`` and ``B_i`` the (weighted) Hessian of the sample
+loss in ``z_i``, each fold's Hessian is
+``(sum_i x_i x_i^T (x) B_i + 2 diag(penalty) (x) I) / n_k`` (the intercept as a
+column of ones). Its preconditioner is, on few features, the exact diagonal
+blocks of one output each (:func:`_block_jacobi`); on many, a Kronecker product
+whose left factor is computed once per run (:func:`_kronecker`); for a softmax,
+either is completed by :func:`_exact_shift`. The same curvature serves Newton's
+steps (damped) and the implicit hypergradient's linear systems (undamped, at
+an inner solution).
+"""
+
+from collections.abc import Callable
+from functools import partial
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..hypergrad._cg import conjugate_gradient, per_fold
+from ._base import Curvature, Params
+from ._linear_loss import (
+    LinearFolds,
+    LinearLoss,
+    PreconditionerCache,
+    decision,
+    matmul,
+    transposed_matmul,
+    with_intercept,
+)
+
+# Largest table of products x_ij x_ik kept for the Gram matrices (entries).
+PRODUCTS_SIZE = 2**25
+
+
+class ScoreCurvature(NamedTuple):
+    """The curvatures ``B_i`` of the weighted sample losses in the scores:
+    ``product(U) -> (B_i u_i)_i``, ``total = sum_i B_i`` (K, c, c) and the
+    diagonals of the ``B_i`` (K, n, c)."""
+
+    product: Callable[[Tensor], Tensor]
+    total: Tensor
+    diagonal: Tensor
+
+
+def _score_curvature(sample_loss, scores: Tensor, weights: Tensor) -> ScoreCurvature:
+    """The :class:`ScoreCurvature` of any ``sample_loss(Z) -> (K, n)``, from its
+    ``c`` second-derivative rows (autograd)."""
+    n_outputs = scores.shape[-1]
+    with torch.enable_grad():
+        scores = scores.detach().requires_grad_()
+        total = (weights * sample_loss(scores)).sum()
+        (first,) = torch.autograd.grad(total, scores, create_graph=True)
+        rows = []
+        for a in range(n_outputs):
+            (row,) = torch.autograd.grad(
+                first[..., a].sum(), scores, retain_graph=True, allow_unused=True
+            )
+            rows.append(torch.zeros_like(scores) if row is None else row)
+    hessians = torch.stack(rows, dim=-1).detach()  # (K, n, c, c)
+
+    def product(U):
+        return torch.einsum("knab,knb->kna", hessians, U)
+
+    return ScoreCurvature(
+        product, hessians.sum(1), torch.diagonal(hessians, dim1=-2, dim2=-1)
+    )
+
+
+def _softmax_curvature(scores: Tensor, weights: Tensor) -> ScoreCurvature:
+    """:func:`_score_curvature` of the multinomial log-loss, in closed form:
+    ``B_i = w_i (diag(p_i) - p_i p_i^T)``."""
+    probabilities = torch.softmax(scores, dim=-1)
+    weighted = weights[..., None] * probabilities
+
+    def product(U):
+        return weighted * (U - (probabilities * U).sum(-1, keepdim=True))
+
+    total = torch.diag_embed(weighted.sum(1)) - weighted.transpose(1, 2) @ probabilities
+    return ScoreCurvature(product, total, weighted * (1.0 - probabilities))
+
+
+def _logistic_curvature(scores: Tensor, weights: Tensor) -> ScoreCurvature:
+    """:func:`_score_curvature` of the binomial log-loss, ``softplus(-y z)``:
+    ``B_i = w_i s_i (1 - s_i)`` with ``s_i = sigmoid(z_i)``, whatever ``y_i``."""
+    sigmoid = torch.sigmoid(scores)
+    hessians = weights[..., None] * sigmoid * (1.0 - sigmoid)  # (K, n, 1)
+
+    def product(U):
+        return hessians * U
+
+    return ScoreCurvature(product, hessians.sum(1)[..., None], hessians)
+
+
+def _weighted_grams(
+    design: Tensor,
+    weights: Tensor,
+    cache: PreconditionerCache,
+    precision: torch.dtype | None = None,
+) -> Tensor:
+    """``sum_i weights[k, i, a] x_i x_i^T`` for every fold k and output a,
+    (K, c, D, D), with ``design`` (n, D) or (K, n, D).
+
+    One matrix product against the table of the products ``x_ij x_ik``,
+    j <= k, when it fits in :data:`PRODUCTS_SIZE` entries (computed once, in
+    ``cache``, as the design does not change) and there are at least 16
+    folds times outputs to amortize reading it; else one product per output.
+    The products are taken in ``precision`` (the design's by default), the
+    result returned in the design's.
+    """
+    n_folds, n, n_outputs = weights.shape
+    size = design.shape[-1]
+    precision = precision or design.dtype
+    table = design[..., 0].numel() * size * (size + 1) // 2
+    # The table is read once per product: worth it for many folds and outputs.
+    if table > PRODUCTS_SIZE or n_folds * n_outputs < 16:
+        reduced = design.to(precision)
+        transposed = reduced.transpose(-1, -2)
+        grams = torch.stack(
+            [
+                transposed @ (weights[..., a, None].to(precision) * reduced)
+                for a in range(n_outputs)
+            ],
+            dim=1,
+        )
+        return grams.to(design.dtype)
+    rows, columns = torch.triu_indices(size, size, device=design.device)
+    if cache.products is None:
+        reduced = design.to(precision)
+        cache.products = reduced[..., rows] * reduced[..., columns]
+    products = cache.products
+    if design.dim() == 2:
+        flat = weights.transpose(1, 2).reshape(n_folds * n_outputs, n)
+        packed = (flat.to(precision) @ products).reshape(n_folds, n_outputs, -1)
+    else:
+        packed = weights.transpose(1, 2).to(precision) @ products  # (K, c, T)
+    packed = packed.to(design.dtype)
+    grams = packed.new_zeros(n_folds, n_outputs, size, size)
+    grams[..., rows, columns] = packed
+    grams[..., columns, rows] = packed
+    return grams
+
+
+class _Point(NamedTuple):
+    """What every part of the curvature at one point of one problem reads."""
+
+    design: Tensor  # X, with a column of ones for the intercept
+    weights: Tensor  # (K, n)
+    penalty: Tensor  # (K, d), the factor of ||W_j||^2
+    column_penalty: Tensor  # (K, D), 2 x penalty on the design (0: intercept)
+    n_train: Tensor  # (K,)
+    score: ScoreCurvature
+    damping: Tensor | None  # (K,), Levenberg-Marquardt
+
+
+def _hessian_vector(v: Params, point: _Point, features: Tensor) -> Params:
+    """``H v``, the matrix products with ``features`` (X, or X in single
+    precision) and the rest in X's precision."""
+    dtype = point.design.dtype
+    scores = matmul(features, v["coef"].to(features.dtype)).to(dtype)
+    if "intercept" in v:
+        scores = scores + v["intercept"][:, None, :]
+    response = point.score.product(scores)
+    product = {
+        "coef": (
+            transposed_matmul(features, response.to(features.dtype)).to(dtype)
+            + 2.0 * point.penalty[..., None] * v["coef"]
+        )
+        / point.n_train[:, None, None]
+    }
+    if "intercept" in v:
+        product["intercept"] = response.sum(1) / point.n_train[:, None]
+    if point.damping is not None:
+        product = {k: p + per_fold(point.damping, p) * v[k] for k, p in product.items()}
+    return product
+
+
+def _solve_blocks(stacked: Tensor, factors: Tensor, scale: Tensor) -> Tensor:
+    solved = torch.cholesky_solve(stacked.transpose(-1, -2)[..., None], factors)
+    return solved[..., 0].transpose(-1, -2) * scale
+
+
+def _block_jacobi(
+    point: _Point, folds: LinearFolds, refresh: bool
+) -> Callable[[Tensor], Tensor]:
+    """The exact diagonal blocks of the Hessian, one per output, inverted.
+
+    Block ``a`` is ``(sum_i (B_i)_aa x_i x_i^T + 2 diag(penalty)) / n_k``:
+    exact when the outputs are independent (one-vs-rest, binary). Its Gram
+    matrices cost ``c n d^2`` per fold: a damped call (a Newton step) reuses
+    those of the last call that computed them (a preconditioner from a nearby
+    point still serves) unless ``refresh``; an undamped one (at an inner
+    solution, for the hypergradient's tight solves) computes them, and they
+    then serve the next outer step's Newton steps.
+    """
+    design, n_train = point.design, point.n_train
+    dtype = design.dtype
+    eye = torch.eye(design.shape[-1], dtype=dtype, device=design.device)
+    cache = folds.cache
+    if refresh or point.damping is None or cache.grams is None:
+        precision = torch.float32 if folds.single_grams else None
+        cache.grams = _weighted_grams(design, point.score.diagonal, cache, precision)
+    blocks = cache.grams + torch.diag_embed(point.column_penalty)[:, None]
+    extra = torch.zeros_like(n_train)
+    if point.damping is not None:
+        extra = point.damping * n_train
+    # The intercept block is singular on data a model separates, and
+    # single-precision blocks are positive definite to within rounding.
+    relative = 1e-6 if folds.single_grams else 1e-10
+    jitter = relative * torch.diagonal(blocks, dim1=-2, dim2=-1).mean(-1)
+    extra = extra[:, None] + jitter.clamp_min(torch.finfo(dtype).tiny)
+    factors = torch.linalg.cholesky(blocks + extra[..., None, None] * eye)
+    return partial(_solve_blocks, factors=factors, scale=n_train[:, None, None])
+
+
+def _kronecker_right(point: _Point, n_outputs: int) -> tuple[Tensor, Tensor]:
+    """``S = sum_i B_i / sum_i s_i`` with its shift direction curved, and
+    ``sigma``, the mean eigenvalue of ``S``."""
+    dtype, device = point.design.dtype, point.design.device
+    total = point.weights.sum(1).clamp_min(torch.finfo(dtype).tiny)
+    right = point.score.total / total[:, None, None]
+    sigma = torch.diagonal(right, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-12)
+    eye = torch.eye(n_outputs, dtype=dtype, device=device)
+    if n_outputs > 1:
+        # A softmax's curvature is blind to adding a constant to every
+        # score; give that direction the mean curvature.
+        flat = torch.full((n_outputs, n_outputs), 1.0 / n_outputs, dtype=dtype)
+        right = right + sigma[:, None, None] * flat.to(device)
+    return right + 1e-8 * sigma[:, None, None] * eye, sigma
+
+
+def _solve_kronecker(
+    stacked: Tensor, left_factor: Tensor, right_factor: Tensor, scale: Tensor
+) -> Tensor:
+    solved = torch.cholesky_solve(stacked, left_factor)
+    solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
+    return solved.transpose(-1, -2) * scale
+
+
+def _kronecker(
+    point: _Point, folds: LinearFolds, n_outputs: int, learned_weights: bool
+) -> Callable[[Tensor], Tensor]:
+    """Replaces ``B_i`` by ``s_i S`` (``s_i`` the sample weight), with
+    ``S = sum_i B_i / sum_i s_i``, and the penalty by
+    ``diag(2 penalty / sigma) (x) S`` (``sigma`` the mean eigenvalue of ``S``):
+    a Kronecker product ``A (x) S``, inverted by two Cholesky factorizations,
+    ``A`` computed once per run unless the sample weights are learned."""
+    design, n_train = point.design, point.n_train
+    right, sigma = _kronecker_right(point, n_outputs)
+    cache = folds.cache
+    if learned_weights or cache.left is None:
+        left = design.transpose(-1, -2) @ (point.weights[..., None] * design)
+        if not learned_weights:
+            cache.left = left
+    else:
+        left = cache.left
+    left = left + torch.diag_embed(point.column_penalty / sigma[:, None])
+    size = left.shape[-1]
+    eye = torch.eye(size, dtype=design.dtype, device=design.device)
+    if point.damping is not None:
+        left = left + (point.damping * n_train / sigma)[:, None, None] * eye
+    jitter = 1e-10 * torch.diagonal(left, dim1=-2, dim2=-1).mean(-1)
+    jitter = jitter.clamp_min(1.0)
+    left = left + jitter[:, None, None] * eye
+    return partial(
+        _solve_kronecker,
+        left_factor=torch.linalg.cholesky(left),
+        right_factor=torch.linalg.cholesky(right),
+        scale=n_train[:, None, None],
+    )
+
+
+def _stack(v: Params) -> Tensor:
+    """The coefficients and intercepts as one (K, D, c) tensor."""
+    if "intercept" in v:
+        return torch.cat([v["coef"], v["intercept"][:, None, :]], dim=1)
+    return v["coef"]
+
+
+def _unstack(stacked: Tensor, n_features: int, fit_intercept: bool) -> Params:
+    out = {"coef": stacked[:, :n_features]}
+    if fit_intercept:
+        out["intercept"] = stacked[:, n_features]
+    return out
+
+
+def _preconditioned(v: Params, precondition, n_features, fit_intercept) -> Params:
+    return _unstack(precondition(_stack(v)), n_features, fit_intercept)
+
+
+def _shifted(
+    v: Params, precondition, shift_inverse, n_features, fit_intercept
+) -> Params:
+    stacked = _stack(v)
+    mean = stacked.mean(-1, keepdim=True)
+    solved = precondition(stacked - mean)
+    solved = solved - solved.mean(-1, keepdim=True)
+    return _unstack(solved + shift_inverse * mean, n_features, fit_intercept)
+
+
+def _exact_shift(
+    precondition, point: _Point, loss: LinearLoss, n_features: int
+) -> Callable[[Params], Params]:
+    """``precondition`` on dicts of parameters. A softmax's Hessian splits
+    exactly between the common shift of every output (``w (x) 1``, curved by
+    the penalty and the damping alone: inverted exactly) and the rest
+    (``precondition``, projected off the shift)."""
+    layout = {"n_features": n_features, "fit_intercept": loss.fit_intercept}
+    if not loss.softmax:
+        return partial(_preconditioned, precondition=precondition, **layout)
+    shift = point.column_penalty / point.n_train[:, None]
+    if point.damping is not None:
+        shift = shift + point.damping[:, None]
+    shift_inverse = torch.where(shift > 0, 1.0 / shift, 0.0)[..., None]
+    return partial(
+        _shifted, precondition=precondition, shift_inverse=shift_inverse, **layout
+    )
+
+
+def curvature(
+    loss: LinearLoss,
+    folds: LinearFolds,
+    params: Params,
+    hparams: Params,
+    damping: Tensor | None = None,
+    refresh: bool = False,
+) -> Curvature:
+    """Exact Hessian products at ``params`` and a preconditioner.
+
+    ``damping`` (K,), if given, is added to each fold's Hessian
+    (Levenberg-Marquardt), for the Newton steps; ``refresh`` recomputes the
+    block-Jacobi Gram matrices of a damped call (:func:`_block_jacobi`). On
+    large problems (``folds.single_products``), ``fast_hessian_vector`` takes
+    the matrix products in single precision.
+    """
+    hparams = {name: value.detach() for name, value in hparams.items()}
+    params = {name: value.detach() for name, value in params.items()}
+    X = folds.X
+    weights = loss.weights(hparams)
+    penalty = loss.penalty(hparams)
+    scores = decision(X, params)
+    if loss.score_curvature is not None:
+        # Closed form: products in O(n c), not O(n c^2).
+        score = loss.score_curvature(scores, weights)
+    else:
+        score = _score_curvature(loss.sample_loss, scores, weights)
+    # The penalty on the design's columns (none on the intercept's).
+    column_penalty = 2.0 * penalty
+    if loss.fit_intercept:
+        column_penalty = torch.cat(
+            [column_penalty, torch.zeros_like(column_penalty[:, :1])], 1
+        )
+    point = _Point(
+        with_intercept(X, loss.fit_intercept),
+        weights,
+        penalty,
+        column_penalty,
+        folds.n_train,
+        score,
+        damping,
+    )
+    if folds.blocks:
+        blocks = _block_jacobi(point, folds, refresh)
+    else:
+        blocks = _kronecker(point, folds, loss.n_outputs, "sample_weight" in hparams)
+    fast = None
+    if folds.single_products:
+        if folds.cache.single is None:
+            folds.cache.single = X.float()
+        fast = partial(_hessian_vector, point=point, features=folds.cache.single)
+    return Curvature(
+        partial(_hessian_vector, point=point, features=X),
+        _exact_shift(blocks, point, loss, X.shape[-1]),
+        fast,
+    )
+
+
+def _refined_pcg(curvature: Curvature, b: Params, tol, max_iter: int, x0=None):
+    """The batched conjugate gradient on ``curvature``: first with its
+    single-precision products, if it has them, then in double precision from
+    that solution, so that the residual ``tol`` is reached with exact products.
+    Returns the solution, whether every fold converged and the number of
+    products."""
+    products = 0
+    solve = partial(
+        conjugate_gradient,
+        b=b,
+        tol=tol,
+        max_iter=max_iter,
+        precondition=curvature.precondition,
+        batched=True,
+    )
+    if curvature.fast_hessian_vector is not None:
+        x0, _, products = solve(curvature.fast_hessian_vector, x0=x0)
+    x, converged, more = solve(curvature.hessian_vector, x0=x0)
+    return x, converged, products + more

@@ -1,0 +1,153 @@
+"""The inner solvers of the linear models: normal equations or damped Newton.
+
+A squared loss (Ridge, RidgeClassifier, SGD's squared error) is solved exactly
+by the normal equations; any other by a damped Newton method whose steps come
+from the batched conjugate gradient with exact Hessian-vector products and the
+preconditioners of :mod:`._curvature`, each fold with its own step.
+"""
+
+import warnings
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+from torch import Tensor
+
+from ..hypergrad._cg import conjugate_gradient, fold_dot, per_fold
+from ._base import Params
+from ._curvature import curvature
+from ._linear_loss import LinearFolds, LinearLoss, fold_losses, with_intercept
+
+# Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
+DAMPING = 1e-2
+# Newton recomputes its preconditioner after a linear solve this long.
+REFRESH_PRODUCTS = 20
+# Loosest linear solve of a Newton step done in double precision throughout.
+FAST_FORCING = 1e-3
+
+
+def _ridge_solve(X, Y, weights, penalty, fit_intercept) -> Params:
+    """Exact minimizer, per fold k, of the weighted ridge objective.
+
+    ``sum_i w_ki ||Y_i - x_i W_k - b_k||^2 + sum_j p_kj ||W_kj||^2``, by the
+    normal equations (the intercept column unpenalized).
+    """
+    n_folds = weights.shape[0]
+    design = with_intercept(X.expand(n_folds, *X.shape[-2:]), fit_intercept)
+    if fit_intercept:
+        penalty = torch.cat([penalty, torch.zeros_like(penalty[..., :1])], dim=-1)
+    weighted = design * weights[..., None]
+    gram = weighted.transpose(1, 2) @ design + torch.diag_embed(penalty)
+    theta = torch.linalg.solve(gram, weighted.transpose(1, 2) @ Y)
+    if fit_intercept:
+        return {"coef": theta[:, :-1], "intercept": theta[:, -1]}
+    return {"coef": theta}
+
+
+def _fold_gradients(loss, folds, params, hparams) -> tuple[Tensor, Params]:
+    """The fold losses (K,) and their gradients in ``params``."""
+    with torch.enable_grad():
+        leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+        losses = fold_losses(loss, folds, leaves, hparams)
+        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+    return losses.detach(), dict(zip(leaves, grads))
+
+
+def _newton_step(at, grads: Params, largest: Tensor, tol: float):
+    """The Newton step ``-H^{-1} g`` of every fold, by an inexact linear solve,
+    and the number of Hessian products it took."""
+    # Inexact Newton: a looser linear solve far from the solution, and
+    # none tighter than needed to bring the gradient below tol (the
+    # next gradient is about the linear solve's residual).
+    needed = 0.5 * tol / torch.sqrt(fold_dot(grads, grads))
+    forcing = torch.maximum(torch.sqrt(largest), needed).clamp(max=0.5, min=1e-6)
+    # Inexact Newton: an unconverged step is still a descent direction.
+    # Single-precision products suffice for the loose solves: the
+    # gradient, which decides convergence, stays in double.
+    product = at.hessian_vector
+    if at.fast_hessian_vector is not None and bool((forcing >= FAST_FORCING).all()):
+        product = at.fast_hessian_vector
+    step, _, products = conjugate_gradient(
+        product,
+        {k: -g for k, g in grads.items()},
+        tol=forcing,
+        max_iter=100,
+        precondition=at.precondition,
+        batched=True,
+    )
+    return step, products
+
+
+def _backtrack(loss, folds, params, hparams, step, losses, slope) -> Tensor:
+    """Each fold's Armijo step size along ``step``; 0 for a fold without a
+    decrease after the backtracking."""
+    # Near the solution the decrease is below rounding: take the step.
+    eps = torch.finfo(losses.dtype).eps
+    negligible = -slope <= 100 * eps * losses.abs()
+    size = torch.ones_like(losses)
+    for _ in range(40):
+        trial = {k: v + per_fold(size, v) * step[k] for k, v in params.items()}
+        trial_losses = fold_losses(loss, folds, trial, hparams)
+        accepted = (trial_losses <= losses + 1e-4 * size * slope) | negligible
+        if bool(accepted.all()):
+            break
+        size = torch.where(accepted, size, 0.5 * size)
+    return torch.where(accepted, size, 0.0)
+
+
+def newton_solve(
+    loss: LinearLoss, folds: LinearFolds, params: Params, hparams: Params
+) -> Params:
+    """Regularized Newton, each fold with its own Armijo backtracking step.
+
+    The Hessian is damped by the gradient's largest entry, which keeps the
+    steps finite where the loss is piecewise linear (Huber, modified
+    Huber) and vanishes at the solution (quadratic convergence)."""
+    params = {name: value.detach().clone() for name, value in params.items()}
+    slow_solve = False
+    for _ in range(loss.max_iter + 1):
+        losses, grads = _fold_gradients(loss, folds, params, hparams)
+        largest = torch.stack(
+            [g.abs().flatten(1).max(1).values for g in grads.values()]
+        ).amax(0)
+        if float(largest.max()) <= loss.tol:
+            return params
+        if not torch.isfinite(losses).all():
+            raise FloatingPointError(
+                "The inner problem diverged (non-finite training loss); check "
+                "the scale of the features and the hyperparameter bounds."
+            )
+        at = curvature(
+            loss, folds, params, hparams, damping=DAMPING * largest, refresh=slow_solve
+        )
+        step, products = _newton_step(at, grads, largest, loss.tol)
+        # A preconditioner from an earlier point serves while it keeps
+        # the linear solves short.
+        slow_solve = products > REFRESH_PRODUCTS
+        slope = fold_dot(grads, step)
+        size = _backtrack(loss, folds, params, hparams, step, losses, slope)
+        params = {k: v + per_fold(size, v) * step[k] for k, v in params.items()}
+    warnings.warn(
+        f"The inner problem was not solved to tol={loss.tol} in {loss.max_iter} "
+        "Newton iterations (inner_steps); hypergradients may be inaccurate.",
+        ConvergenceWarning,
+        stacklevel=2,
+    )
+    return params
+
+
+def solve(
+    loss: LinearLoss, folds: LinearFolds, params: Params, hparams: Params
+) -> Params:
+    """The inner solution, warm-started from ``params``, without a graph."""
+    with torch.no_grad():
+        hparams = {name: value.detach() for name, value in hparams.items()}
+        if loss.ridge_targets is not None:
+            penalty = loss.penalty(hparams) / loss.ridge_scale
+            return _ridge_solve(
+                folds.X,
+                loss.ridge_targets,
+                loss.weights(hparams),
+                penalty.expand(folds.n_train.shape[0], folds.X.shape[-1]),
+                loss.fit_intercept,
+            )
+        return newton_solve(loss, folds, params, hparams)
