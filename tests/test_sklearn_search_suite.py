@@ -32,6 +32,7 @@ from sklearn.model_selection import (
     HalvingRandomSearchCV,
     RandomizedSearchCV,
 )
+from sklearn.utils._testing import _get_warnings_filters_info_list
 
 from skbilevel import BilevelSearchCV
 
@@ -52,6 +53,14 @@ def grid_search_cv(estimator, param_grid=None, **kwargs):
 
 
 _GRID = (grid_search_cv, BilevelSearchCV)
+
+# scikit-learn's tests run under its own warning rules (warnings shown, some
+# kinds errors), not this project's "every warning is an error". Marks listed
+# first take the lowest precedence, so each test's own marks still win.
+_SKLEARN_WARNING_FILTERS = [pytest.mark.filterwarnings("default").mark] + [
+    pytest.mark.filterwarnings(info.to_filterwarning_str()).mark
+    for info in _get_warnings_filters_info_list()
+]
 
 
 def _load_sklearn_tests():
@@ -117,7 +126,7 @@ def _restrict_to_grid_search(func):
         marks.append(mark)
     if not uses_grid:
         return None
-    func.pytestmark = marks
+    func.pytestmark = _SKLEARN_WARNING_FILTERS + marks
     return func
 
 
@@ -128,9 +137,32 @@ for _name, _obj in vars(_SKLEARN_TESTS).items():
         if _test is not None:
             globals()[_name] = _test
 
-DELIBERATE = {}
+DELIBERATE = {
+    "test_grid_search_bad_param_grid": (
+        "a bare number is shorthand for a continuous entry's initial value "
+        "(param_space docs), so {'C': 1} on SVC gets the 'cannot be "
+        "differentiated' TypeError, not GridSearchCV's 'needs to be a list'; "
+        "{'C': '1,2,3'} gets a TypeError in BilevelSearchCV's own words"
+    ),
+    "test_custom_run_search": (
+        "BilevelSearchCV has the documented extra fitted attributes history_ and "
+        "n_iter_, which the test expects a plain BaseSearchCV subclass to have "
+        "too"
+    ),
+}
 
-BUGS = {}
+_CALLBACKS_BUG = (
+    "bug: scikit-learn's callback API: with a discrete-only grid, set_callbacks "
+    "sees only the 'fit' and 'refit-with-best-params' tasks, never 'search' or "
+    "'candidate-split-evaluation' (2 on_fit_task_begin calls where GridSearchCV "
+    "makes 9 for 3 candidates x 2 splits)"
+)
+BUGS = {
+    "test_search_callbacks_no_propagation": _CALLBACKS_BUG,
+    "test_search_callbacks_propagation": _CALLBACKS_BUG,
+    "test_search_callbacks_receive_sample_weight": _CALLBACKS_BUG,
+    "test_search_callbacks_with_partial_fit_failures": _CALLBACKS_BUG,
+}
 
 
 @pytest.fixture(autouse=True)
