@@ -15,6 +15,8 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch import Tensor
 
+from ..utils import to_numpy, to_tensor
+
 Params = dict[str, Tensor]
 
 
@@ -92,8 +94,8 @@ def class_weights(class_weight, y_codes, n_classes, data: FoldData) -> np.ndarra
     n_folds, n = data.train.shape
     if class_weight is None:
         return np.ones((n_folds, n))
-    train = data.train.cpu().numpy().astype(bool)
-    sample_weight = data.sample_weight.cpu().numpy()
+    train = to_numpy(data.train).astype(bool)
+    sample_weight = to_numpy(data.sample_weight)
     weights = np.empty((n_folds, n))
     for k in range(n_folds):
         per_class = compute_class_weight(
@@ -108,7 +110,7 @@ def class_weights(class_weight, y_codes, n_classes, data: FoldData) -> np.ndarra
 
 def check_classes_in_folds(y_codes, n_classes, data: FoldData):
     """Refuse folds whose training part misses a class: no fold minimizer exists."""
-    train = data.train.cpu().numpy().astype(bool)
+    train = to_numpy(data.train).astype(bool)
     for k in range(train.shape[0]):
         if np.unique(y_codes[train[k]]).size < n_classes:
             raise ValueError(
@@ -122,9 +124,7 @@ def fold_weights(data: FoldData, hparams: Params, fixed=None) -> Tensor:
     """Weights (K, n) of the training samples: mask x fixed x learned weights."""
     weights = data.train * data.sample_weight
     if fixed is not None:
-        weights = weights * torch.as_tensor(fixed, dtype=weights.dtype).to(
-            weights.device
-        )
+        weights = weights * to_tensor(fixed, device=weights.device, dtype=weights.dtype)
     if "sample_weight" in hparams:
         weights = weights * hparams["sample_weight"]
     return weights

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import to_numpy, to_tensor
 from ._base import FoldData, Params, Problem, hyperparameter, validation_mean
 
 KERNELS = ("linear", "rbf", "laplacian")
@@ -94,9 +95,9 @@ def _solve(folds: _KernelFolds, params: Params, hparams: Params) -> Params:
 
 
 def _fitted_attributes(folds: _KernelFolds, params: Params) -> list:
-    coefficients = (folds.root * params["dual"]).detach().cpu().numpy()
-    train = folds.data.train.cpu().numpy().astype(bool)
-    features = folds.data.X.cpu().numpy()
+    coefficients = to_numpy(folds.root * params["dual"])
+    train = to_numpy(folds.data.train).astype(bool)
+    features = to_numpy(folds.data.X)
     attributes = []
     for k in range(train.shape[0]):
         dual = coefficients[k][train[k]]
@@ -118,7 +119,7 @@ def kernel_ridge(estimator, data: FoldData, options) -> Problem:
     kernel = estimator.kernel
     folds = _KernelFolds(
         data,
-        targets=torch.as_tensor(Y.reshape(n, -1), dtype=X.dtype).to(X.device),
+        targets=to_tensor(Y.reshape(n, -1), device=X.device, dtype=X.dtype),
         root=torch.sqrt(data.train * data.sample_weight)[..., None],
         identity=torch.eye(n, dtype=X.dtype, device=X.device),
         kernel=kernel,

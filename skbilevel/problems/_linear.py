@@ -26,6 +26,7 @@ from sklearn.base import is_classifier
 from sklearn.preprocessing import LabelEncoder
 
 from ..hypergrad._cg import conjugate_gradient
+from ..utils import to_tensor
 from ._base import (
     FoldData,
     Problem,
@@ -103,7 +104,7 @@ def linear_problem(data: FoldData, loss: LinearLoss) -> Problem:
 
 
 def _tensor(array, like):
-    return torch.as_tensor(np.asarray(array), dtype=like.dtype).to(like.device)
+    return to_tensor(array, device=like.device, dtype=like.dtype)
 
 
 def _encode(data: FoldData):
@@ -197,7 +198,7 @@ def logistic_regression(estimator, data: FoldData, options) -> Problem:
         def sample_loss(Z):
             return F.softplus(-signs * Z[..., 0])
     else:
-        labels = torch.as_tensor(codes, device=data.X.device)
+        labels = to_tensor(codes, device=data.X.device)
 
         def sample_loss(Z):
             picked = Z.gather(-1, labels.expand(Z.shape[0], -1)[..., None])[..., 0]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import to_numpy
 from ._base import FoldData, Params, validation_mean
 
 
@@ -185,9 +186,9 @@ def fitted_attributes(loss: LinearLoss, params: Params) -> list:
     """Per fold, the ``coef_`` and ``intercept_`` of the fitted estimator."""
     folds = []
     for k in range(params["coef"].shape[0]):
-        coef = params["coef"][k].T.detach().cpu().numpy()
+        coef = to_numpy(params["coef"][k].T)
         intercept = (
-            params["intercept"][k].detach().cpu().numpy()
+            to_numpy(params["intercept"][k])
             if "intercept" in params
             else np.zeros(coef.shape[0])
         )
