@@ -17,8 +17,7 @@ from sklearn.linear_model import (
 from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.svm import SVC
 
-from skbilevel.problems import feature_scale, make_problem
-from skbilevel.problems import fold_data
+from skbilevel.problems import feature_scale, fold_data, make_problem
 
 OPTIONS = {"tol": 1e-10, "max_iter": 500}
 
@@ -496,3 +495,47 @@ def test_closed_form_score_curvature_matches_autograd(n_classes):
     torch.testing.assert_close(got[0](U), expected[0](U))
     torch.testing.assert_close(got[1], expected[1])
     torch.testing.assert_close(got[2], expected[2])
+
+
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("n_classes, fit_intercept", [(2, True), (3, False)])
+def test_refined_pcg_matches_a_dense_solve_of_the_hessian(
+    n_classes, fit_intercept, single, monkeypatch
+):
+    """_refined_pcg (single-precision products first when the problem has
+    them, then double) solves each fold's Hessian system, as a dense solve of
+    that fold's Hessian (built column by column from its products) does.
+    (A softmax with intercepts is singular along their common shift.)"""
+    _linear = importlib.import_module("skbilevel.problems._linear")
+
+    if single:
+        monkeypatch.setattr(_linear, "FAST_SIZE", 0)
+    X, y = _classification(n_classes)
+    estimator = LogisticRegression(C=3.0, fit_intercept=fit_intercept)
+    problem, params, hparams, _ = _solve(estimator, X, y, classifier=True)
+    curvature = problem.curvature(params, hparams)
+    assert (curvature.fast_hessian_vector is not None) == single
+    names = list(params)
+    sizes = [params[k][0].numel() for k in names]
+    n_folds = params["coef"].shape[0]
+
+    def unflatten(flat):  # (K, P) -> dict
+        parts = torch.split(flat, sizes, dim=1)
+        return {k: p.reshape(params[k].shape) for k, p in zip(names, parts)}
+
+    def flatten(v):
+        return torch.cat([v[k].flatten(1) for k in names], dim=1)
+
+    eye = torch.eye(sum(sizes), dtype=torch.float64)
+    columns = [
+        flatten(curvature.hessian_vector(unflatten(e.expand(n_folds, -1)))) for e in eye
+    ]
+    dense = torch.stack(columns, dim=-1)  # (K, P, P)
+    generator = torch.Generator().manual_seed(4)
+    b = torch.randn(n_folds, sum(sizes), generator=generator, dtype=torch.float64)
+    x, converged, n_products = _linear._refined_pcg(
+        curvature, unflatten(b), 1e-12, 200, x0=unflatten(0.1 * b)
+    )
+    assert converged and n_products > 0
+    expected = torch.linalg.solve(dense, b)
+    torch.testing.assert_close(flatten(x), expected, rtol=1e-8, atol=1e-10)
