@@ -1,4 +1,4 @@
-"""Shared pieces of the inner problems: fold data, weights, a batched solver.
+"""Shared pieces of the inner problems: fold data, the Problem protocol, weights.
 
 The K cross-validation folds are K independent inner problems that share the
 hyperparameters. They are computed together: one data tensor, 0/1 masks of
@@ -55,7 +55,8 @@ class Problem(NamedTuple):
       estimator would hold.
     - ``curvature(params, hparams) -> Curvature`` (optional): exact inner
       Hessian-vector products at ``params`` and a preconditioner, for the
-      implicit hypergradient's linear system.
+      implicit hypergradient's linear system (solved by the batched
+      :func:`~skbilevel.hypergrad._cg.conjugate_gradient`).
     """
 
     init_params: Callable[[], Params]

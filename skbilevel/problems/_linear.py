@@ -15,6 +15,11 @@ implicit hypergradient):
 with ``s_i`` the product of the fitted ``sample_weight``, the class weight and
 the learned weight, and the intercept never penalized. A per-feature penalty
 ``alpha_j`` (``C_j``) comes from :class:`~skbilevel.PerFeature`.
+
+Each adapter describes its model by a :class:`~._linear_loss.LinearLoss`;
+:func:`linear_problem` makes it a :class:`Problem` from the losses of
+:mod:`._linear_loss`, the curvature of :mod:`._curvature` and the solvers of
+:mod:`._newton`.
 """
 
 from functools import partial
