@@ -15,6 +15,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "numpydoc",
     "sphinx_gallery.gen_gallery",
+    "matplotlib.sphinxext.plot_directive",
 ]
 
 autosummary_generate = True
@@ -33,6 +34,13 @@ sphinx_gallery_conf = {
     "download_all_examples": False,
     "within_subsection_order": "FileNameSortKey",
 }
+
+# The figures of the user guide's plot directives: the code shown above its
+# figure, one PNG, no links to other formats.
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
 
 # Matplotlib in a headless build.
 warnings.filterwarnings("ignore", message="Matplotlib is currently using agg")

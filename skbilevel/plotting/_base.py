@@ -67,12 +67,21 @@ def check_axes(ax, n_axes, caller, *, width=4.5, height=3.5):
     """The figure and an array of ``n_axes`` axes: new ones, or the user's."""
     plt = import_pyplot(caller)
     if ax is None:
+        # At most two panels a row, so that a figure stays readable at the
+        # width of a page or a notebook cell.
+        n_cols = min(n_axes, 2)
+        n_rows = -(-n_axes // n_cols)
         figure, axes = plt.subplots(
-            1, n_axes, figsize=(width * n_axes, height), squeeze=False
+            n_rows,
+            n_cols,
+            figsize=(width * n_cols, height * n_rows),
+            squeeze=False,
+            layout="constrained",
         )
-        axes = axes[0]
-        figure.set_layout_engine("constrained")
-        return figure, axes
+        axes = axes.ravel()
+        for unused in axes[n_axes:]:
+            unused.remove()
+        return figure, axes[:n_axes]
     axes = np.ravel(np.asarray(ax, dtype=object))
     if axes.size != n_axes:
         raise ValueError(
