@@ -6,13 +6,23 @@ of steps, weight layers, examples). Each spec maps an unconstrained tensor u
 (the variable the outer optimizer moves) to the constrained hyperparameter
 value, and projects u back onto its bounds after each outer step. Positive
 quantities live in log space (as in sparse-ho), so a gradient step changes
-them by a factor, not an amount."""
+them by a factor, not an amount.
+
+Each spec also carries what the search needs to know about its kind: ``kind``
+(the name adapters check), ``shape`` (sized at fit time), a random starting
+point for restarts, and ``express``, how a learned value is set on a plain
+scikit-learn estimator (a parameter, a feature rescaling step, or the
+``sample_weight`` of ``fit``)."""
 
 import math
 from numbers import Integral
 from numbers import Real as RealNumber
 
+import numpy as np
 import torch
+from sklearn.base import clone
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
 
 def _check_bounds(low, high, log):
@@ -25,8 +35,56 @@ def _check_bounds(low, high, log):
         raise ValueError(f"low must be positive when log=True; got low={low}.")
 
 
+def feature_scale(name, values):
+    """The feature rescaling under which a scalar penalty of 1 equals ``values``.
+
+    A weight ``w_j`` on feature ``s_j x_j`` costs ``w_j^2 / s_j^2`` in terms of
+    the original weight, so per-feature ``alpha_j`` is ``s_j = alpha_j^{-1/2}``
+    and per-feature ``C_j`` (an inverse penalty) is ``s_j = C_j^{1/2}``.
+
+    Examples
+    --------
+    >>> from skbilevel.problems import feature_scale
+    >>> feature_scale("alpha", [4.0, 0.25])
+    array([0.5, 2. ])
+    """
+    values = np.asarray(values, dtype=float)
+    return np.sqrt(values) if name == "C" else 1.0 / np.sqrt(values)
+
+
+def _rescale(X, scale):
+    return np.asarray(X, dtype=np.float64) * scale
+
+
+def with_feature_penalties(estimator, key, values):
+    """``estimator`` with per-feature penalties ``values`` for parameter ``key``.
+
+    A Pipeline whose fixed rescaling step (validating the number and names of
+    the features it is given) precedes the final estimator, whose penalty
+    parameter is set to 1.
+    """
+    name = key.rsplit("__", 1)[-1]
+    step = (
+        "feature_scale",
+        FunctionTransformer(
+            _rescale,
+            kw_args={"scale": feature_scale(name, values)},
+            validate=True,
+            feature_names_out="one-to-one",
+        ),
+    )
+    estimator = clone(estimator).set_params(**{key: 1.0})
+    if isinstance(estimator, Pipeline):
+        return estimator.set_params(
+            steps=estimator.steps[:-1] + [step, estimator.steps[-1]]
+        )
+    return Pipeline([step, (type(estimator).__name__.lower(), estimator)])
+
+
 class _Bounded:
     """A value in [low, high], log-scaled or not, of a shape fixed at fit time."""
+
+    kind = "real"
 
     def __init__(self, low, high, init=None, log=True):
         _check_bounds(low, high, log)
@@ -60,6 +118,23 @@ class _Bounded:
     def project(self, u):
         """``u`` clipped so that its value lies in [low, high]."""
         return u.clamp(self._scale(self.low), self._scale(self.high))
+
+    def bounds(self):
+        """Lower and upper bounds of each entry of ``u``."""
+        return self._scale(self.low), self._scale(self.high)
+
+    def shape(self, n_features, n_samples, problem):
+        """The shape of the value for the data and the inner problem of a run."""
+        return ()
+
+    def random_initial(self, shape, rng, *, dtype=torch.float64, device="cpu"):
+        """A starting ``u`` drawn uniformly in the bounds (random restarts)."""
+        draw = rng.uniform(*self.bounds(), size=shape)
+        return torch.as_tensor(draw, dtype=dtype).to(device)
+
+    def express(self, key, value, estimator, fit_params):
+        """``estimator`` and ``fit_params`` with the learned ``value`` of ``key``."""
+        return clone(estimator).set_params(**{key: value}), fit_params
 
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
@@ -129,8 +204,19 @@ class PerFeature(_Bounded):
     tensor([1., 1., 1.])
     """
 
+    kind = "per_feature"
+
     def __init__(self, low, high, init=None):
         super().__init__(low, high, init=init, log=True)
+
+    def shape(self, n_features, n_samples, problem):
+        """``(n_features,)``: one penalty per feature the estimator sees."""
+        return (n_features,)
+
+    def express(self, key, value, estimator, fit_params):
+        """A fixed rescaling step in front of the estimator, whose own penalty
+        is set to 1 (:func:`with_feature_penalties`)."""
+        return with_feature_penalties(estimator, key, value), fit_params
 
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
@@ -185,6 +271,8 @@ class PerStep(_Bounded):
     (4,)
     """
 
+    kind = "per_step"
+
     def __init__(self, low, high, init=None, n_blocks=None):
         super().__init__(low, high, init=init, log=True)
         if n_blocks is not None and (
@@ -195,7 +283,7 @@ class PerStep(_Bounded):
             raise ValueError(f"n_blocks must be a positive int; got {n_blocks!r}.")
         self.n_blocks = n_blocks
 
-    def shape(self, problem):
+    def shape(self, n_features, n_samples, problem):
         """``(B,)`` for a problem of ``problem.T`` training steps."""
         n_blocks = problem.T if self.n_blocks is None else self.n_blocks
         if n_blocks > problem.T:
@@ -245,10 +333,12 @@ class PerLayer(_Bounded):
     (2,)
     """
 
+    kind = "per_layer"
+
     def __init__(self, low, high, init=None):
         super().__init__(low, high, init=init, log=True)
 
-    def shape(self, problem):
+    def shape(self, n_features, n_samples, problem):
         """``(n_layers,)``: one value per weight matrix of the problem's network."""
         return (problem.n_layers,)
 
@@ -303,6 +393,8 @@ class SampleWeight:
     tensor([1.0000, 0.7500, 0.0000, 0.2500])
     """
 
+    kind = "sample_weight"
+
     def __init__(self, init=1.0, budget=None):
         if not isinstance(init, RealNumber) or not 0.0 <= init <= 1.0:
             raise ValueError(f"init must be in [0, 1]; got init={init!r}.")
@@ -320,6 +412,26 @@ class SampleWeight:
     def to_unconstrained(self, value):
         """The weights themselves (the box is handled by projection)."""
         return torch.as_tensor(value).clone()
+
+    def bounds(self):
+        """Lower and upper bounds of each weight."""
+        return 0.0, 1.0
+
+    def shape(self, n_features, n_samples, problem):
+        """``(n_samples,)``: one weight per example of the search."""
+        return (n_samples,)
+
+    def random_initial(self, shape, rng, *, dtype=torch.float64, device="cpu"):
+        """Weights drawn uniformly in [0, 1], projected onto the budget."""
+        draw = torch.as_tensor(rng.uniform(0.0, 1.0, size=shape), dtype=dtype)
+        return self.project(draw.to(device))
+
+    def express(self, key, value, estimator, fit_params):
+        """The weights multiply the ``sample_weight`` given to ``fit``."""
+        fixed = fit_params.get("sample_weight")
+        value = np.asarray(value)
+        weights = value if fixed is None else value * np.asarray(fixed)
+        return estimator, {**fit_params, "sample_weight": weights}
 
     def transform(self, u):
         """The weights (identity; see :meth:`project`)."""

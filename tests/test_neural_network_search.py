@@ -21,8 +21,7 @@ from skbilevel import (
     TorchMLPClassifier,
 )
 from skbilevel.hypergrad import METHODS, unroll
-from skbilevel.problems import make_problem
-from skbilevel.problems._bilevel import fold_data
+from skbilevel.problems import fold_data, make_problem
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +133,7 @@ def test_vector_hypergradients_match_finite_differences(data, specs):
     u = {}
     for name, spec in specs.items():
         if isinstance(spec, PerStep | PerLayer):
-            shape = spec.shape(problem)
+            shape = spec.shape(X.shape[1], len(y), problem)
         else:
             shape = {"momentum": (), "sample_weight": (len(y),)}[name]
         start = spec.initial(shape)
@@ -275,7 +274,7 @@ def test_default_dtype_follows_the_mlp_so_the_refit_reproduces(data, monkeypatch
     """dtype="auto": a float32 MLP is differentiated in float32 (scikit-learn
     estimators in float64), and the network fitted with the learned value has
     the loss the search recorded."""
-    import skbilevel.problems._bilevel as bilevel
+    import skbilevel._search._run as bilevel
 
     seen = []
     original = bilevel.fold_data

@@ -98,11 +98,11 @@ def test_specs_compare_by_value_and_repr():
 
 def test_per_step_and_per_layer_shapes_from_the_problem():
     problem = SimpleNamespace(T=10, n_layers=3)
-    assert PerStep(1e-3, 1.0).shape(problem) == (10,)
-    assert PerStep(1e-3, 1.0, n_blocks=4).shape(problem) == (4,)
-    assert PerLayer(1e-6, 1.0).shape(problem) == (3,)
+    assert PerStep(1e-3, 1.0).shape(5, 20, problem) == (10,)
+    assert PerStep(1e-3, 1.0, n_blocks=4).shape(5, 20, problem) == (4,)
+    assert PerLayer(1e-6, 1.0).shape(5, 20, problem) == (3,)
     with pytest.raises(ValueError, match="at most one value per step"):
-        PerStep(1e-3, 1.0, n_blocks=11).shape(problem)
+        PerStep(1e-3, 1.0, n_blocks=11).shape(5, 20, problem)
     space = PerStep(1e-4, 1.0, init=0.01)
     u = space.initial((5,)).requires_grad_()
     np.testing.assert_allclose(space.transform(u).detach().numpy(), np.full(5, 0.01))

@@ -1,98 +1,44 @@
 """BilevelSearchCV: GridSearchCV's interface, continuous hyperparameters learned by
-hypergradient descent on the cross-validation loss."""
+hypergradient descent on the cross-validation loss.
 
-import copy
+One straight path for a space with continuous entries: ``fit`` validates the
+inputs and the settings once, parses ``param_space`` once
+(:mod:`._parse`), computes the splits once, runs the hypergradient runs
+(:mod:`._run`, outside any ``Parallel`` context of scikit-learn's), and hands
+every setting they visited to :class:`._evaluate.Evaluation`, scikit-learn's
+own search machinery over fixed splits, which scores, ranks and refits.
+A space of discrete entries only is GridSearchCV's own ``fit``.
+"""
+
 import numbers
-from collections.abc import Mapping, Sequence
+import warnings
 
 import numpy as np
 import torch
 from joblib import Parallel, delayed
-from sklearn.base import _fit_context, clone
-from sklearn.model_selection import ParameterGrid
-from sklearn.model_selection._search import BaseSearchCV
-from sklearn.utils import assert_all_finite, check_random_state, get_tags
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _num_samples
+from sklearn import get_config
+from sklearn.base import clone, is_classifier
+from sklearn.exceptions import DataConversionWarning
+from sklearn.model_selection import ParameterGrid, check_cv
+from sklearn.utils import check_array, check_random_state, get_tags
+from sklearn.utils.validation import check_consistent_length
 
-from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
-from .hypergrad import METHODS
-from .problems._bilevel import learn
-from .problems._refit import FoldSolutions, LearnedSettings, _same
-from .utils._threads import one_blas_thread
-
-_SPECS = (Real, PerFeature, PerStep, PerLayer, SampleWeight)
-
-
-def _entry(key, value):
-    """The spec of a continuous entry, or None for a list of discrete values."""
-    if not isinstance(key, str):
-        raise TypeError(f"Parameter names must be strings; got {key!r}.")
-    if isinstance(value, _SPECS):
-        spec = value
-    elif isinstance(value, tuple):
-        if len(value) != 2:
-            raise ValueError(
-                f"A tuple for {key!r} gives the bounds (low, high) of a continuous "
-                f"hyperparameter; got {value!r}. Use a list for discrete values."
-            )
-        spec = Real(*value)
-    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-        if not value > 0:
-            raise ValueError(
-                f"A float for {key!r} is the initial value of a positive continuous "
-                f"hyperparameter; got {value!r}."
-            )
-        spec = Real(value * 1e-4, value * 1e4, init=value)
-    elif isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
-        spec = None
-    else:
-        raise TypeError(
-            f"Parameter space value for {key!r} must be a list of values, a "
-            "(low, high) tuple, a float, Real, PerFeature, PerStep, PerLayer or "
-            f"SampleWeight; got {value!r}."
-        )
-    if (key == "sample_weight") != isinstance(spec, SampleWeight):
-        raise ValueError(
-            'SampleWeight goes, and only goes, under the key "sample_weight"; '
-            f"got {key!r}: {value!r}."
-        )
-    return spec
-
-
-def _parse_space(param_space):
-    """The subspaces as (discrete grid, continuous specs) pairs."""
-    spaces = [param_space] if isinstance(param_space, Mapping) else param_space
-    if not isinstance(spaces, Sequence) or not spaces:
-        raise TypeError(
-            "param_space must be a dict or a non-empty list of dicts; got "
-            f"{param_space!r}."
-        )
-    parsed = []
-    for space in spaces:
-        if not isinstance(space, Mapping):
-            raise TypeError(f"param_space entries must be dicts; got {space!r}.")
-        specs = {key: _entry(key, value) for key, value in space.items()}
-        grid = {key: value for key, value in space.items() if specs[key] is None}
-        continuous = {key: spec for key, spec in specs.items() if spec is not None}
-        if sum(isinstance(spec, PerFeature) for spec in continuous.values()) > 1:
-            raise ValueError("At most one PerFeature entry per parameter space.")
-        parsed.append((grid, continuous))
-    return parsed
-
-
-def _array_keys(parsed):
-    """Keys whose learned values are arrays (PerFeature and SampleWeight)."""
-    return tuple(
-        sorted(
-            {
-                key
-                for _, continuous in parsed
-                for key, spec in continuous.items()
-                if isinstance(spec, PerFeature | SampleWeight)
-            }
-        )
-    )
+from ..hypergrad import METHODS
+from ..problems._data import final_estimator
+from ..utils._sklearn import (
+    BaseSearchCV,
+    Interval,
+    StrOptions,
+    _check_sample_weight,
+    _fit_context,
+    _yields_constant_splits,
+    routed_fit_params,
+)
+from ..utils._threads import one_blas_thread
+from ._evaluate import Evaluation, FoldSolutions, LearnedSettings
+from ._parse import parse_space
+from ._run import run
+from ._settings import run_settings
 
 
 class BilevelSearchCV(BaseSearchCV):
@@ -128,12 +74,20 @@ class BilevelSearchCV(BaseSearchCV):
         - a list of values, searched exhaustively;
         - :class:`~skbilevel.Real`, a continuous hyperparameter; a float is
           its initial value (bounds four decades either side), a
-          ``(low, high)`` tuple its bounds (log scale);
+          ``(low, high)`` tuple its bounds (log scale), and a
+          ``scipy.stats.loguniform`` or ``uniform`` distribution (as written
+          for RandomizedSearchCV) its bounds on a log or linear scale;
         - :class:`~skbilevel.PerFeature`, one L2 penalty per feature;
         - :class:`~skbilevel.PerStep`, a learning-rate schedule, and
           :class:`~skbilevel.PerLayer`, one ``alpha`` per layer, of the torch
           MLPs (their values are arrays that the estimator takes as is);
-        - under the key ``"sample_weight"``, :class:`~skbilevel.SampleWeight`.
+        - under the key ``"sample_weight"``, :class:`~skbilevel.SampleWeight`
+          (an example in no training fold keeps its initial weight: a
+          warning says how many).
+
+    param_grid : dict or list of dicts, default=None
+        GridSearchCV's name for ``param_space``, so that drop-in code passing
+        ``param_grid=`` keeps working; give one of the two.
 
     scoring : str, callable, list, tuple or dict, default=None
         Strategy to evaluate the learned settings on the validation folds, as
@@ -150,7 +104,10 @@ class BilevelSearchCV(BaseSearchCV):
         ``best_estimator_`` is a plain scikit-learn estimator.
 
     cv : int, cross-validation generator or an iterable, default=None
-        Splitting strategy, as in GridSearchCV (5-fold by default).
+        Splitting strategy, as in GridSearchCV (5-fold by default). With
+        continuous entries the splits are computed once and must be the same
+        at every ``split`` call (as in HalvingGridSearchCV): a shuffling
+        splitter needs an int ``random_state``.
 
     verbose : int, default=0
         Verbosity: above 0, progress of the runs and the evaluation; above 1,
@@ -165,19 +122,23 @@ class BilevelSearchCV(BaseSearchCV):
     return_train_score : bool, default=False
         Whether ``cv_results_`` includes training scores.
 
-    method : {"auto", "implicit_cg", "implicit_fixed_point", "reverse", \
-            "truncated_reverse", "forward"}, default="auto"
+    method : {"auto", "implicit_cg", "implicit_forward", \
+            "implicit_fixed_point", "reverse", "truncated_reverse", \
+            "forward"}, default="auto"
         The hypergradient method of :mod:`skbilevel.hypergrad`. The implicit
         methods differentiate the exact inner solution (computed by a
         warm-started solver); the others differentiate ``inner_steps`` steps
         of gradient descent from the previous solution, or, for the torch
         MLPs, the estimator's own ``max_iter`` training steps (the implicit
-        methods are refused for those). ``"auto"`` is ``"implicit_cg"`` for
-        the scikit-learn estimators and ``"reverse"`` for the torch MLPs.
+        methods are refused for those). ``"auto"`` is ``"implicit_forward"``
+        for one or two scalar hyperparameters of the scikit-learn estimators,
+        ``"implicit_cg"`` for more, and ``"reverse"`` for the torch MLPs.
 
     method_params : dict, default=None
-        Extra options of the method (e.g. ``{"K": 10}`` for truncated
-        reverse mode, ``{"max_iter": 500}`` for conjugate gradient).
+        Options of the method, checked against its signature (e.g.
+        ``{"K": 10}`` for truncated reverse mode, ``{"max_iter": 500}`` for
+        conjugate gradient); an option the method does not have is an error
+        naming the valid ones.
 
     inner_steps : int, default=100
         Maximum iterations of the inner solver (implicit methods), or the
@@ -196,10 +157,16 @@ class BilevelSearchCV(BaseSearchCV):
         Outer tolerance: relative decrease of the validation loss, largest
         projected hypergradient entry relative to the first one, or (times
         100) largest move of the unconstrained hyperparameters, for L-BFGS-B;
-        largest change of the
-        unconstrained hyperparameters for Adam. The validation loss is only as
-        precise as the inner solutions (``inner_tol``): a much smaller ``tol``
-        spends outer steps on that noise.
+        largest change of the unconstrained hyperparameters for Adam. The
+        validation loss is only as precise as the inner solutions
+        (``inner_tol``): a much smaller ``tol`` spends outer steps on that
+        noise. A run that ends at a bound of a ``Real`` with the
+        hypergradient pointing beyond it, or at ``max_iter`` with the loss
+        still falling, warns (``ConvergenceWarning``). Either optimizer
+        returns the best setting it evaluated; a step with a non-finite
+        result is undone and shrunk, with a warning, and a run that cannot
+        evaluate its starting point fails (its row follows
+        ``error_score``).
 
     outer_optimizer : {"lbfgs", "adam"}, default="lbfgs"
         The outer optimizer: L-BFGS-B on the box of the unconstrained
@@ -239,7 +206,9 @@ class BilevelSearchCV(BaseSearchCV):
         The best setting; arrays for PerFeature, PerStep, PerLayer and
         SampleWeight.
     best_index_ : int
-        Index of the best setting in ``cv_results_``.
+        Index of the best setting in ``cv_results_``; among settings tied in
+        the refit score, the one with the lowest validation loss descended
+        (so the learned value, not the start, when both score the same).
     scorer_ : function or a dict
         Scorer(s) used on the validation folds.
     n_splits_ : int
@@ -274,6 +243,14 @@ class BilevelSearchCV(BaseSearchCV):
     .. [2] F. Pedregosa, "Hyperparameter optimization with approximate
        gradient", ICML 2016.
 
+    Notes
+    -----
+    A ``KeyboardInterrupt`` during the hypergradient runs stops them; the
+    settings evaluated so far are scored and the best one refitted, with a
+    warning (with ``n_jobs`` other than 1, only the runs finished before the
+    interrupt are kept). An interrupt before any setting was evaluated
+    propagates.
+
     Examples
     --------
     >>> from sklearn.datasets import load_diabetes
@@ -293,7 +270,8 @@ class BilevelSearchCV(BaseSearchCV):
 
     _parameter_constraints: dict = {
         **BaseSearchCV._parameter_constraints,
-        "param_space": [dict, list],
+        "param_space": [dict, list, None],
+        "param_grid": [dict, list, None],
         "method": [StrOptions({"auto", *METHODS})],
         "method_params": [dict, None],
         "inner_steps": [Interval(numbers.Integral, 1, None, closed="left")],
@@ -311,8 +289,9 @@ class BilevelSearchCV(BaseSearchCV):
     def __init__(
         self,
         estimator,
-        param_space,
+        param_space=None,
         *,
+        param_grid=None,
         scoring=None,
         n_jobs=None,
         refit=True,
@@ -346,6 +325,7 @@ class BilevelSearchCV(BaseSearchCV):
             return_train_score=return_train_score,
         )
         self.param_space = param_space
+        self.param_grid = param_grid
         self.method = method
         self.method_params = method_params
         self.inner_steps = inner_steps
@@ -366,6 +346,14 @@ class BilevelSearchCV(BaseSearchCV):
         ).target_tags.multi_output
         return tags
 
+    def _space(self):
+        if (self.param_space is None) == (self.param_grid is None):
+            raise TypeError(
+                "BilevelSearchCV needs exactly one of param_space and param_grid "
+                "(GridSearchCV's name for it)."
+            )
+        return self.param_space if self.param_grid is None else self.param_grid
+
     @_fit_context(
         # BilevelSearchCV.estimator is not validated yet
         prefer_skip_nested_validation=False
@@ -381,145 +369,222 @@ class BilevelSearchCV(BaseSearchCV):
             Target values; required with continuous entries.
         **params : dict of str -> object
             Parameters of the estimator's ``fit``, the scorer and the
-            splitter, as in GridSearchCV (``groups``, ``sample_weight``).
-            With continuous entries, only ``groups`` and ``sample_weight``.
+            splitter, routed as in GridSearchCV (``groups``,
+            ``sample_weight``; with metadata routing enabled, as requested).
+            With continuous entries and routing disabled, only ``groups`` and
+            ``sample_weight``.
 
         Returns
         -------
         self : object
             The fitted search.
         """
-        parsed = _parse_space(self.param_space)
-        continuous = any(spec for _, spec in parsed)
-        if continuous:
+        space = parse_space(self._space())
+        if not space.continuous:
+            return super().fit(X, y, **params)
+        X, y, routed = self._validated(X, y, params)
+        splits = self._splits(X, y, routed.splitter.split)
+        fixed_weight = routed.estimator.fit.get("sample_weight")
+        if fixed_weight is not None:
+            fixed_weight = _validated_weights(fixed_weight, X)
+        _warn_unweighted_examples(space, splits, len(y))
+        outcomes = self._learn(space, (X, y, splits, fixed_weight))
+        candidates, losses, store = self._candidates(outcomes, splits)
+        self._evaluate(X, y, params, space, candidates, losses, store, splits)
+        return self
+
+    def _validated(self, X, y, params):
+        """X and y checked as the estimator would; the routed fit parameters."""
+        if not get_config()["enable_metadata_routing"]:
             unsupported = set(params) - {"groups", "sample_weight"}
             if unsupported:
                 raise ValueError(
                     "With continuous entries in param_space, fit accepts only the "
                     f"parameters groups and sample_weight; got {sorted(unsupported)}."
                 )
-            if y is None:
-                raise ValueError("y is required to learn continuous hyperparameters.")
-            if np.asarray(y).dtype.kind in "fc":
-                assert_all_finite(np.asarray(y), input_name="y")
-        self._fit_inputs = {"estimator": self.estimator, "X": X, "y": y, **params}
-        try:
-            if not continuous:
-                return super().fit(X, y, **params)
-            return self._fit_delegated(X, y, _array_keys(parsed), params)
-        finally:
-            del self._fit_inputs
+        if y is None:
+            raise ValueError("y is required to learn continuous hyperparameters.")
+        if not hasattr(self.estimator, "steps"):
+            # A Pipeline's first step validates what it takes (text, frames).
+            check_array(X, accept_sparse="csr", dtype="numeric", input_name="X")
+        y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
+        if y.dtype.kind in "fc":
+            check_array(y, ensure_2d=False, input_name="y")
+        if y.ndim == 2 and y.shape[1] == 1 and is_classifier(self.estimator):
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected. "
+                "Please change the shape of y to (n_samples,), for example "
+                "using ravel().",
+                DataConversionWarning,
+                stacklevel=3,
+            )
+            y = y.ravel()
+        check_consistent_length(X, y)
+        return X, y, routed_fit_params(self, params)
 
-    def _fit_delegated(self, X, y, array_keys, params):
-        """Run scikit-learn's search on LearnedSettings, then unwrap the refit.
+    def _splits(self, X, y, split_params):
+        """The cross-validation splits, computed once; they must be constant."""
+        cv = check_cv(self.cv, y, classifier=is_classifier(self.estimator))
+        if not _yields_constant_splits(cv):
+            raise ValueError(
+                "The cv parameter must yield consistent folds across calls to "
+                "split() to learn continuous hyperparameters. Set its "
+                "random_state to an int, or set shuffle=False."
+            )
+        return [
+            (np.asarray(train, dtype=np.intp), np.asarray(test, dtype=np.intp))
+            for train, test in cv.split(X, y, **split_params)
+        ]
 
-        Learned arrays are not parameters of the estimator, and the inner
-        solutions of the hypergradient runs are scored without refitting
-        (:class:`~skbilevel.problems._refit.FoldSolutions`), so the search
-        that evaluates and refits runs on a copy of this object whose
-        estimator is wrapped; its fitted attributes are then taken over.
+    def _learn(self, space, data_args):
+        """Run every hypergradient run; settings of discrete values only pass.
+
+        A KeyboardInterrupt keeps the runs finished (and the current one's
+        steps, when sequential) and stops the others, with a warning.
         """
-        delegate = copy.copy(self)
-        delegate.estimator = LearnedSettings(
-            self.estimator, learned_keys=array_keys, fold_solutions=FoldSolutions()
+        runs = space.runs(self.n_restarts, check_random_state(self.random_state))
+        tasks = []
+        for item in runs:
+            if item.specs:
+                estimator = clone(self.estimator).set_params(**item.combo)
+                settings = run_settings(self, final_estimator(estimator), item.specs)
+                tasks.append(
+                    delayed(run)(
+                        estimator,
+                        item.specs,
+                        data_args,
+                        settings,
+                        item.restart,
+                        item.seed,
+                    )
+                )
+        parallel = Parallel(
+            n_jobs=self.n_jobs, verbose=self.verbose, return_as="generator"
         )
-        index = np.arange(_num_samples(X))
-        with one_blas_thread(X):
-            BaseSearchCV.fit(delegate, X, y, sample_index=index, **params)
-        for name, value in vars(delegate).items():
-            if name.endswith("_") and not name.startswith("__"):
-                setattr(self, name, value)
-        if hasattr(self, "best_estimator_"):
-            self.best_estimator_ = delegate.best_estimator_.estimator_
-        return self
+        outcomes = []
+        try:
+            for outcome in parallel(tasks):
+                outcomes.append(outcome)
+                if outcome.interrupted:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            if not outcomes:
+                raise
+            warnings.warn(
+                f"Interrupted: {len(outcomes)} of {len(tasks)} hypergradient runs "
+                "kept (the last one up to its interrupted step); the search is "
+                "fitted on the best setting they found.",
+                UserWarning,
+                stacklevel=3,
+            )
+        outcomes = iter(outcomes)
+        return [(item, next(outcomes, None) if item.specs else None) for item in runs]
 
-    def _settings(self):
-        return {
-            "method": self.method,
-            "method_params": dict(self.method_params or {}),
-            "inner_steps": self.inner_steps,
-            "inner_options": {"tol": self.inner_tol, "max_iter": self.inner_steps},
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "outer_optimizer": self.outer_optimizer,
-            "outer_learning_rate": self.outer_learning_rate,
-            "device": self.device,
-            "dtype": self.dtype,
-            "verbose": self.verbose,
-        }
+    def _candidates(self, outcomes, splits):
+        """The rows of cv_results_: every setting the runs evaluated, with the
+        validation loss descended there; fills ``history_`` and ``n_iter_``."""
+        store = FoldSolutions(splits)
+        candidates, losses, self.history_, n_iter = [], [], [], []
+        for item, outcome in outcomes:
+            if item.specs and outcome is None:
+                continue  # not run: interrupted before
+            if outcome is None or outcome.failure is not None or not outcome.solutions:
+                row = len(candidates)
+                if outcome is not None and outcome.failure is not None:
+                    store.fail(row, outcome.failure)
+                learned = {} if outcome is None else outcome.learned
+                candidates.append({**item.combo, **learned})
+                history = [] if outcome is None else outcome.history
+                best = min((e["outer_loss"] for e in history), default=np.nan)
+                losses.append(best)
+                n_iter.append(len(history))
+                self.history_.extend({"candidate": row, **e} for e in history)
+                continue
+            for entry, folds in zip(outcome.history, outcome.solutions):
+                row = len(candidates)
+                candidates.append({**item.combo, **entry["params"]})
+                losses.append(entry["outer_loss"])
+                n_iter.append(entry["step"] + 1)
+                store.add(row, folds, outcome.prefixes)
+                self.history_.append({"candidate": row, **entry})
+        self.n_iter_ = np.asarray(n_iter, dtype=int)
+        return candidates, losses, store
+
+    def _evaluate(self, X, y, params, space, candidates, losses, store, splits):
+        """Score, rank and refit the candidates with scikit-learn's search."""
+        evaluation = Evaluation(
+            LearnedSettings(self.estimator, specs=space.specs, fold_solutions=store),
+            [{**c, "candidate": row} for row, c in enumerate(candidates)],
+            splits,
+            losses,
+            scoring=self.scoring,
+            n_jobs=self.n_jobs,
+            refit=self.refit,
+            verbose=self.verbose,
+            pre_dispatch=self.pre_dispatch,
+            error_score=self.error_score,
+            return_train_score=self.return_train_score,
+        )
+        fit_params = {k: v for k, v in params.items() if k != "groups"}
+        with one_blas_thread(X):
+            evaluation.fit(X, y, sample_index=np.arange(len(y)), **fit_params)
+        self._take_results(evaluation)
+
+    def _take_results(self, evaluation):
+        """The evaluation's fitted attributes, without the candidate numbers."""
+        results = evaluation.cv_results_
+        results.pop("param_candidate", None)
+        for params in results["params"]:
+            params.pop("candidate", None)
+        for name in (
+            "cv_results_",
+            "best_index_",
+            "best_score_",
+            "best_params_",
+            "scorer_",
+            "n_splits_",
+            "refit_time_",
+            "multimetric_",
+        ):
+            if hasattr(evaluation, name):
+                setattr(self, name, getattr(evaluation, name))
+        if hasattr(evaluation, "best_estimator_"):
+            self.best_estimator_ = evaluation.best_estimator_.estimator_
+            names = getattr(self.best_estimator_, "feature_names_in_", None)
+            if names is not None:
+                self.feature_names_in_ = names
 
     def _run_search(self, evaluate_candidates):
-        parsed = _parse_space(self.param_space)
-        if not any(continuous for _, continuous in parsed):
-            self.history_ = []
-            self.n_iter_ = np.zeros(len(ParameterGrid(self.param_space)), dtype=int)
-            evaluate_candidates(ParameterGrid(self.param_space))
-            return
-        inputs = self._fit_inputs
-        X, y = inputs["X"], inputs["y"]
-        splits = list(self._checked_cv_orig.split(X, y, inputs.get("groups")))
-        runs = [
-            (combo, continuous, restart)
-            for grid, continuous in parsed
-            for combo in (ParameterGrid(grid) if grid else [{}])
-            for restart in (range(self.n_restarts) if continuous else [0])
-        ]
-        seeds = check_random_state(self.random_state).randint(
-            np.iinfo(np.int32).max, size=len(runs)
+        # A space of discrete entries only: GridSearchCV's own search.
+        grid = ParameterGrid(self._space())
+        self.history_ = []
+        self.n_iter_ = np.zeros(len(grid), dtype=int)
+        evaluate_candidates(grid)
+
+
+def _validated_weights(sample_weight, X):
+    """``sample_weight`` checked as scikit-learn's estimators check it."""
+    sample_weight = _check_sample_weight(
+        sample_weight, X, dtype=np.float64, ensure_non_negative=True
+    )
+    if not sample_weight.any():
+        raise ValueError("Sample weights must contain at least one non-zero number.")
+    return sample_weight
+
+
+def _warn_unweighted_examples(space, splits, n_samples):
+    """Warn when learned sample weights cover examples in no training fold."""
+    if not any(spec.kind == "sample_weight" for spec in space.specs.values()):
+        return
+    covered = np.zeros(n_samples, dtype=bool)
+    for train, _ in splits:
+        covered[train] = True
+    missing = int((~covered).sum())
+    if missing:
+        warnings.warn(
+            f"{missing} of {n_samples} examples are in no training fold: their "
+            "learned sample weights keep the SampleWeight's initial value. Use a "
+            "splitter whose training parts cover every example (e.g. KFold).",
+            UserWarning,
+            stacklevel=3,
         )
-        store = getattr(self.estimator, "fold_solutions", None)
-        if store is not None:
-            store.splits = splits
-        settings = self._settings()
-        outcomes = Parallel(n_jobs=self.n_jobs, verbose=self.verbose)(
-            delayed(learn)(
-                clone(inputs["estimator"]).set_params(**combo),
-                continuous,
-                X,
-                y,
-                splits,
-                inputs.get("sample_weight"),
-                settings,
-                restart,
-                seed,
-            )
-            for (combo, continuous, restart), seed in zip(runs, seeds)
-            if continuous
-        )
-        outcomes = iter(outcomes)
-        candidates, self.history_, n_iter = [], [], []
-        for combo, continuous, _ in runs:
-            if not continuous:
-                candidates.append(combo)
-                n_iter.append(0)
-                continue
-            learned, history, solutions = next(outcomes)
-            if solutions is None or store is None:
-                # Settings only evaluated by refitting: the learned one.
-                self.history_.extend(
-                    {"candidate": len(candidates), **entry} for entry in history
-                )
-                candidates.append({**combo, **learned})
-                n_iter.append(len(history))
-                continue
-            # Every setting the run evaluated is a row, scored from its exact
-            # fold solutions.
-            first = len(candidates)
-            for entry, folds in zip(history, solutions["folds"]):
-                setting = {**combo, **entry["params"]}
-                row = next(
-                    (
-                        r
-                        for r in range(first, len(candidates))
-                        if all(_same(candidates[r][k], v) for k, v in setting.items())
-                    ),
-                    None,
-                )
-                if row is None:
-                    row = len(candidates)
-                    candidates.append(setting)
-                    n_iter.append(entry["step"] + 1)
-                    store.add(setting, folds, solutions["prefixes"])
-                self.history_.append({"candidate": row, **entry})
-        self.n_iter_ = np.asarray(n_iter)
-        evaluate_candidates(candidates)

@@ -10,6 +10,7 @@ and returns a :class:`Hypergradient`; :data:`METHODS` maps their names to them.
 from ._dynamics import Dynamics, adam, gradient_descent, heavy_ball, unroll
 from ._implicit import implicit_cg, implicit_fixed_point
 from ._methods import Hypergradient, forward, reverse, truncated_reverse
+from ._tangent import implicit_forward
 
 METHODS = {
     "reverse": reverse,
@@ -17,6 +18,7 @@ METHODS = {
     "forward": forward,
     "implicit_cg": implicit_cg,
     "implicit_fixed_point": implicit_fixed_point,
+    "implicit_forward": implicit_forward,
 }
 
 __all__ = [
@@ -29,6 +31,7 @@ __all__ = [
     "heavy_ball",
     "implicit_cg",
     "implicit_fixed_point",
+    "implicit_forward",
     "reverse",
     "truncated_reverse",
     "unroll",

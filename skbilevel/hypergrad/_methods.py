@@ -37,6 +37,10 @@ class Hypergradient(NamedTuple):
     adjoint : dict of str to Tensor or None, default=None
         :func:`~skbilevel.hypergrad.implicit_cg` only: the solution ``v`` of
         ``H v = dE/dw``, a warm start (``init``) for a nearby next call.
+    tangent : dict of str to list or None, default=None
+        :func:`~skbilevel.hypergrad.implicit_forward` only: per
+        hyperparameter, the columns ``dw*/dlambda_j``, a warm start (``init``)
+        for a nearby next call and a prediction of its solution.
 
     Examples
     --------
@@ -51,6 +55,7 @@ class Hypergradient(NamedTuple):
     grad: Params
     params: Params
     adjoint: Params | None = None
+    tangent: dict | None = None
 
 
 def _detached(tensors: Params) -> Params:

@@ -6,14 +6,14 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..datasets._episodes import draw_episodes, episode_pools
 from ..utils import resolve_device, resolve_dtype
+from ..utils._sklearn import Interval, StrOptions, _fit_context
 from ..utils._torch import inference_device
 from ._heads import train_heads
 from ._representations import build_representation, n_output_features

@@ -4,9 +4,9 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import clone
-from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 
 from ..datasets import sample_episodes
+from ..utils._sklearn import HasMethods, Interval, validate_params
 from ._estimator import HyperRepresentationClassifier
 
 

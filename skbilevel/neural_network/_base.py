@@ -11,9 +11,8 @@ from numbers import Integral, Real
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, _fit_context
+from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import (
     _check_sample_weight,
     check_is_fitted,
@@ -21,6 +20,12 @@ from sklearn.utils.validation import (
 )
 
 from ..utils import resolve_device, resolve_dtype
+from ..utils._sklearn import (
+    Interval,
+    StrOptions,
+    _fit_context,
+    validate_estimator_params,
+)
 from ..utils._torch import inference_device, to_numpy
 from ._network import forward, init_params, predict_scores, validation_losses
 from ._problem import UnrolledProblem
@@ -342,7 +347,7 @@ class _BaseTorchMLP(BaseEstimator):
             The problem; see :class:`~skbilevel.neural_network.UnrolledProblem`
             for how the hypergradient methods consume it.
         """
-        self._validate_params()
+        validate_estimator_params(self)
         self._check_learned(learned)
         targets, kind, n_outputs = self._problem_targets(data)
         train = to_numpy(data.train) > 0

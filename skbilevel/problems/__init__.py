@@ -1,14 +1,17 @@
 """Differentiable inner problems of the scikit-learn estimators BilevelSearchCV learns.
 
 One adapter per supported estimator builds a :class:`Problem` over the K
-cross-validation folds from the estimator's own settings; :func:`make_problem`
-looks the adapter up and refuses, with the list of supported estimators,
-anything it cannot differentiate.
+cross-validation folds from the estimator's own settings, and one
+:class:`Record` per estimator in :data:`REGISTRY` says everything else the
+search needs (what it can learn, whether its fit lands on the inner solution,
+whether it is unrolled); :func:`make_problem` looks the record up and refuses,
+with the list of supported estimators, anything it cannot differentiate.
 """
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-import numpy as np
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import (
     LogisticRegression,
@@ -18,7 +21,10 @@ from sklearn.linear_model import (
     SGDRegressor,
 )
 
+from .._space import feature_scale
+from ..neural_network import TorchMLPClassifier, TorchMLPRegressor
 from ._base import FoldData, Problem
+from ._data import fold_data
 from ._kernel import KERNELS, kernel_ridge
 from ._linear import (
     SGD_CLASSIFIER_LOSSES,
@@ -29,39 +35,21 @@ from ._linear import (
     sgd,
 )
 
-# estimator class -> (adapter, learnable scalars, per-feature penalties,
-# whether sample weights can be learned)
-_REGISTRY = {
-    Ridge: (ridge, ("alpha",), ("alpha",), True),
-    RidgeClassifier: (ridge_classifier, ("alpha",), ("alpha",), True),
-    LogisticRegression: (logistic_regression, ("C",), ("C",), True),
-    KernelRidge: (kernel_ridge, ("alpha", "gamma"), (), False),
-    SGDClassifier: (sgd, ("alpha",), ("alpha",), True),
-    SGDRegressor: (sgd, ("alpha",), ("alpha",), True),
+# The spec class behind each kind, for error messages.
+_SPEC_NAMES = {
+    "real": "Real",
+    "per_feature": "PerFeature",
+    "per_step": "PerStep",
+    "per_layer": "PerLayer",
+    "sample_weight": "SampleWeight",
 }
 
-SUPPORTED_ESTIMATORS = ", ".join(
-    f"{cls.__name__} ({', '.join(entry[1])})" for cls, entry in _REGISTRY.items()
-)
 
-
-def _lookup(estimator):
-    if type(estimator) not in _REGISTRY:
-        raise TypeError(
-            f"{type(estimator).__name__} cannot be differentiated, so its "
-            "hyperparameters can only be given as lists of values. Continuous "
-            f"hyperparameters are supported for: {SUPPORTED_ESTIMATORS}; as an "
-            "estimator or as the final step of a Pipeline."
-        )
-    return _REGISTRY[type(estimator)]
-
-
-def _check_settings(estimator, learned):
-    """Refuse settings under which the adapter's loss is not the estimator's."""
-    name = type(estimator).__name__
+def _refusals(estimator, learned):
+    """Settings under which an argmin adapter's loss is not the estimator's."""
     params = estimator.get_params(deep=False)
     is_sgd = isinstance(estimator, SGDClassifier | SGDRegressor)
-    problems = {
+    return {
         "positive=True": params.get("positive", False),
         "solver='liblinear'": params.get("solver") == "liblinear",
         "dual=True": params.get("dual", False),
@@ -79,20 +67,139 @@ def _check_settings(estimator, learned):
         and params.get("class_weight") == "balanced",
         "C=inf": not math.isfinite(params.get("C", 1.0)),
     }
-    for setting, present in problems.items():
+
+
+def _check_argmin_settings(estimator, learned):
+    """Refuse settings under which the adapter's loss is not the estimator's."""
+    name = type(estimator).__name__
+    for setting, present in _refusals(estimator, learned).items():
         if present:
             raise ValueError(
                 f"Continuous hyperparameters of {name} are not supported with "
                 f"{setting}: the differentiable problem would not be the one "
                 "scikit-learn solves."
             )
-    if isinstance(estimator, SGDClassifier) and params["loss"] not in (
-        SGD_CLASSIFIER_LOSSES
-    ):
+    loss = estimator.get_params(deep=False).get("loss")
+    if isinstance(estimator, SGDClassifier) and loss not in SGD_CLASSIFIER_LOSSES:
         raise ValueError(
-            f"SGDClassifier with loss={params['loss']!r} is not supported; use "
+            f"SGDClassifier with loss={loss!r} is not supported; use "
             f"one of {SGD_CLASSIFIER_LOSSES}."
         )
+
+
+def _argmin(adapter):
+    """An adapter of (estimator, data, options), called as a record's build."""
+
+    def build(estimator, data, learned, options):
+        _check_argmin_settings(estimator, learned)
+        return adapter(estimator, data, options)
+
+    return build
+
+
+def _unrolled(estimator, data, learned, options):
+    # The torch MLPs describe their own problem: the very steps fit runs.
+    return estimator._bilevel_problem(data, learned, options)
+
+
+@dataclass(frozen=True)
+class Record:
+    """Everything the search knows about one supported estimator.
+
+    Parameters
+    ----------
+    build : callable
+        ``build(estimator, data, learned, options) -> Problem``: the adapter,
+        which refuses settings it cannot differentiate exactly.
+    learnable : dict of str to tuple of str
+        Spec kind (``"real"``, ``"per_feature"``, ...) to the parameters that
+        can be learned as that kind (``"sample_weight"`` for SampleWeight).
+    exact_fit : bool
+        Whether scikit-learn's ``fit`` lands on the inner solution itself, so
+        that every setting an outer step visits is a row of ``cv_results_``.
+    assemble : bool, default=True
+        With ``exact_fit``: whether a fitted estimator can be assembled from
+        a fold's solution through public attributes (``coef_``,
+        ``intercept_``, ``dual_coef_``) and scored without refitting;
+        otherwise each row is scored by scikit-learn's own fit.
+    unrolled : bool, default=False
+        Whether ``fit`` is T differentiable training steps (the hypergradient
+        goes through them) rather than an argmin.
+    """
+
+    build: Callable
+    learnable: dict = field(default_factory=dict)
+    exact_fit: bool = True
+    assemble: bool = True
+    unrolled: bool = False
+
+
+def _linear_record(real, **record):
+    learnable = {"real": real, "per_feature": real, "sample_weight": ("sample_weight",)}
+    return {"learnable": learnable, **record}
+
+
+_MLP = Record(
+    _unrolled,
+    {
+        "real": ("learning_rate", "momentum", "alpha"),
+        "per_step": ("learning_rate",),
+        "per_layer": ("alpha",),
+        "sample_weight": ("sample_weight",),
+    },
+    exact_fit=False,
+    assemble=False,
+    unrolled=True,
+)
+
+REGISTRY = {
+    Ridge: Record(_argmin(ridge), **_linear_record(("alpha",))),
+    # RidgeClassifier's classes live in a private label binarizer that only its
+    # own fit sets: its rows are scored by refitting (a direct solve).
+    RidgeClassifier: Record(
+        _argmin(ridge_classifier), **_linear_record(("alpha",), assemble=False)
+    ),
+    LogisticRegression: Record(_argmin(logistic_regression), **_linear_record(("C",))),
+    KernelRidge: Record(
+        _argmin(kernel_ridge), {"real": ("alpha", "gamma")}, exact_fit=True
+    ),
+    # SGD's fit is a stochastic approximation of the minimizer: refitted.
+    SGDClassifier: Record(_argmin(sgd), **_linear_record(("alpha",), exact_fit=False)),
+    SGDRegressor: Record(_argmin(sgd), **_linear_record(("alpha",), exact_fit=False)),
+    TorchMLPClassifier: _MLP,
+    TorchMLPRegressor: _MLP,
+}
+
+SUPPORTED_ESTIMATORS = ", ".join(
+    f"{cls.__name__} ({', '.join(record.learnable['real'])})"
+    for cls, record in REGISTRY.items()
+)
+
+
+def lookup(estimator) -> Record:
+    """The registry record of ``estimator``, or a TypeError naming the
+    supported estimators."""
+    if type(estimator) not in REGISTRY:
+        raise TypeError(
+            f"{type(estimator).__name__} cannot be differentiated, so its "
+            "hyperparameters can only be given as lists of values. Continuous "
+            f"hyperparameters are supported for: {SUPPORTED_ESTIMATORS}; as an "
+            "estimator or as the final step of a Pipeline."
+        )
+    return REGISTRY[type(estimator)]
+
+
+def _check_learnable(estimator, record, learned):
+    name = type(estimator).__name__
+    for param, kind in learned.items():
+        allowed = record.learnable.get(kind, ())
+        if param not in allowed:
+            raise ValueError(
+                f"{param!r} cannot be learned as a {_SPEC_NAMES.get(kind, kind)} "
+                f"hyperparameter of {name}; supported: {', '.join(allowed) or 'none'}"
+                f". Continuous hyperparameters are supported for: "
+                f"{SUPPORTED_ESTIMATORS}."
+            )
 
 
 def make_problem(estimator, data: FoldData, learned, options) -> Problem:
@@ -101,18 +208,19 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     Parameters
     ----------
     estimator : estimator instance
-        A supported scikit-learn estimator, with its fixed settings.
+        A supported estimator, with its fixed settings.
     data : FoldData
         The data and fold masks.
     learned : dict of str to str
         The learned hyperparameters: parameter name (or ``"sample_weight"``) to
-        its kind, ``"real"``, ``"per_feature"`` or ``"sample_weight"``.
+        the ``kind`` of its spec (``"real"``, ``"per_feature"``,
+        ``"sample_weight"``, ``"per_step"``, ``"per_layer"``).
     options : dict
         ``tol`` and ``max_iter`` of the inner solver.
 
     Returns
     -------
-    problem : Problem
+    problem : Problem or UnrolledProblem
         The adapter's problem.
 
     Examples
@@ -120,8 +228,7 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     >>> import numpy as np
     >>> import torch
     >>> from sklearn.linear_model import Ridge
-    >>> from skbilevel.problems import make_problem
-    >>> from skbilevel.problems._bilevel import fold_data
+    >>> from skbilevel.problems import fold_data, make_problem
     >>> X, y = np.eye(4), np.array([1.0, 2.0, 3.0, 4.0])
     >>> splits = [(np.array([0, 1, 2]), np.array([3]))]
     >>> estimator, data = fold_data(Ridge(), X, y, splits, None, "cpu", "float64")
@@ -132,56 +239,21 @@ def make_problem(estimator, data: FoldData, learned, options) -> Problem:
     >>> problem.fitted_attributes(params)[0]["coef_"].shape
     (4,)
     """
-    if hasattr(estimator, "_bilevel_problem"):
-        # Estimators whose fit is T differentiable steps describe their own
-        # (unrolled) problem and validate what can be learned.
-        return estimator._bilevel_problem(data, learned, options)
-    adapter, scalars, per_feature, weights = _lookup(estimator)
-    name = type(estimator).__name__
-    for param, kind in learned.items():
-        # PerStep and PerLayer belong to the torch MLPs: nothing here takes them.
-        allowed = {
-            "real": scalars,
-            "per_feature": per_feature,
-            "sample_weight": ("sample_weight",) if weights else (),
-        }.get(kind, ())
-        if param not in allowed:
-            what = {
-                "real": "a continuous",
-                "per_feature": "a PerFeature",
-                "per_step": "a PerStep",
-                "per_layer": "a PerLayer",
-            }.get(kind, "a SampleWeight")
-            raise ValueError(
-                f"{param!r} cannot be learned as {what} hyperparameter of {name}; "
-                f"supported: {', '.join(allowed) or 'none'}. Continuous "
-                f"hyperparameters are supported for: {SUPPORTED_ESTIMATORS}."
-            )
-    _check_settings(estimator, learned)
-    return adapter(estimator, data, options)
-
-
-def feature_scale(name, values):
-    """The feature rescaling under which a scalar penalty of 1 equals ``values``.
-
-    A weight ``w_j`` on feature ``s_j x_j`` costs ``w_j^2 / s_j^2`` in terms of
-    the original weight, so per-feature ``alpha_j`` is ``s_j = alpha_j^{-1/2}``
-    and per-feature ``C_j`` (an inverse penalty) is ``s_j = C_j^{1/2}``.
-
-    Examples
-    --------
-    >>> from skbilevel.problems import feature_scale
-    >>> feature_scale("alpha", [4.0, 0.25])
-    array([0.5, 2. ])
-    """
-    values = np.asarray(values, dtype=float)
-    return np.sqrt(values) if name == "C" else 1.0 / np.sqrt(values)
+    record = lookup(estimator)
+    if not record.unrolled:
+        # An unrolled estimator checks its own (its momentum needs SGD).
+        _check_learnable(estimator, record, learned)
+    return record.build(estimator, data, learned, options)
 
 
 __all__ = [
+    "REGISTRY",
     "SUPPORTED_ESTIMATORS",
     "FoldData",
     "Problem",
+    "Record",
     "feature_scale",
+    "fold_data",
+    "lookup",
     "make_problem",
 ]

@@ -1,0 +1,319 @@
+"""The evaluation of the learned settings by scikit-learn's own search machinery.
+
+Learned arrays (per-feature penalties, sample weights) are not parameters of
+the estimator, so the candidates are evaluated on :class:`LearnedSettings`, a
+wrapper that expresses every learned value on a plain scikit-learn estimator
+through its spec (:meth:`~skbilevel.Real.express`). A run's fold solutions
+are exactly what scikit-learn would fit there for the linear models and
+kernel ridge, so they are stored in :class:`FoldSolutions`, keyed by
+candidate number and split number, and scored without refitting.
+
+scikit-learn hands an estimator only its training rows; the wrapper is told
+its rows by the ``sample_index`` fit parameter (sliced by the search like any
+per-sample array), and the split number is the one whose training indices
+those are: the splits are computed once and are constant
+(:func:`check_constant_splits`).
+"""
+
+import numpy as np
+from sklearn import get_config
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.utils import get_tags
+from sklearn.utils.metadata_routing import (
+    MetadataRouter,
+    MethodMapping,
+    process_routing,
+)
+from sklearn.utils.validation import check_is_fitted
+
+from ..problems import REGISTRY
+from ..problems._data import final_estimator
+from ..utils._sklearn import BaseSearchCV, _get_feature_names, available_if
+
+
+class FoldSolutions:
+    """Per candidate and split, the fitted attributes of a run's fold solution.
+
+    Clones share one store (it is read-only while candidates are evaluated):
+    ``copy.deepcopy`` returns it as is.
+    """
+
+    def __init__(self, splits):
+        self.splits = {train.tobytes(): k for k, (train, _) in enumerate(splits)}
+        self.entries = {}
+        self.failures = {}
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def add(self, candidate, folds, prefixes):
+        """Record the per-fold fitted attributes of row ``candidate``."""
+        self.entries[candidate] = (folds, prefixes)
+
+    def fail(self, candidate, message):
+        """Record that row ``candidate``'s run failed, and why."""
+        self.failures[candidate] = message
+
+    def split(self, sample_index):
+        """The split number whose training part is ``sample_index``, or None."""
+        return self.splits.get(np.asarray(sample_index, dtype=np.intp).tobytes())
+
+
+def fitted_estimator(estimator, attributes, X_train, y_train):
+    """A clone of ``estimator`` holding the fitted ``attributes`` of a fold.
+
+    ``X_train`` (the features the estimator sees) and ``y_train`` give what
+    scikit-learn's ``fit`` would also set: classes, the number and names of
+    the features.
+    """
+    estimator = clone(estimator)
+    for name, value in attributes.items():
+        setattr(estimator, name, value)
+    estimator.n_features_in_ = np.shape(X_train)[1]
+    names = _get_feature_names(X_train)
+    if names is not None:
+        estimator.feature_names_in_ = names
+    if is_classifier(estimator):
+        estimator.classes_ = np.unique(y_train)
+    if isinstance(estimator, LogisticRegression):
+        estimator.n_iter_ = np.zeros(1, dtype=np.int32)
+    return estimator
+
+
+def _delegate_has(method):
+    return lambda self: hasattr(self.estimator, method)
+
+
+def _fit(estimator, X, y, fit_params):
+    """``estimator.fit`` with the sample weights reaching its final step."""
+    if "sample_weight" in fit_params and isinstance(estimator, Pipeline):
+        last, final = estimator.steps[-1]
+        if get_config()["enable_metadata_routing"]:
+            final.set_fit_request(sample_weight=True)
+        else:
+            fit_params = dict(fit_params)
+            fit_params[f"{last}__sample_weight"] = fit_params.pop("sample_weight")
+    return estimator.fit(X, y, **fit_params)
+
+
+class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
+    """An estimator fitted with learned hyperparameters, of any kind.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        The scikit-learn estimator (or Pipeline).
+    specs : dict of str to spec, default=None
+        The learned keys and their specs; values set on this object under
+        these keys are expressed by their spec, the others go to
+        ``estimator``.
+    learned : dict, default=None
+        Values of the learned keys; sample weights cover all the samples of
+        the search, indexed at fit time by ``sample_index``.
+    candidate : int, default=None
+        The row of ``cv_results_`` this setting is, for the fold solutions.
+    fold_solutions : FoldSolutions, default=None
+        The runs' fold solutions and failures; a fitted estimator is
+        assembled from a fold's solution where the estimator's registry
+        record allows it, else scikit-learn's ``fit`` of the same setting
+        scores the row.
+    """
+
+    __metadata_request__fit = {"sample_index": True}
+
+    def __init__(
+        self,
+        estimator,
+        specs=None,
+        learned=None,
+        candidate=None,
+        fold_solutions=None,
+    ):
+        self.estimator = estimator
+        self.specs = specs
+        self.learned = learned
+        self.candidate = candidate
+        self.fold_solutions = fold_solutions
+
+    def set_params(self, **params):
+        own = [name for name in self._get_param_names() if name in params]
+        super().set_params(**{name: params.pop(name) for name in own})
+        learned = {k: params.pop(k) for k in list(params) if k in (self.specs or {})}
+        if learned:
+            self.learned = {**(self.learned or {}), **learned}
+        if params:
+            self.estimator.set_params(**params)
+        return self
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        inner = get_tags(self.estimator)
+        tags.estimator_type = inner.estimator_type
+        tags.classifier_tags = inner.classifier_tags
+        tags.regressor_tags = inner.regressor_tags
+        return tags
+
+    def get_metadata_routing(self):
+        router = MetadataRouter(owner=self.__class__.__name__)
+        router.add_self_request(self)
+        return router.add(
+            estimator=self.estimator,
+            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+        )
+
+    def _expressed(self, fit_params, sample_index):
+        """The plain estimator and fit parameters expressing the learned values."""
+        estimator = self.estimator
+        for key, value in (self.learned or {}).items():
+            spec = self.specs[key]
+            if spec.kind == "sample_weight" and sample_index is not None:
+                value = np.asarray(value)[sample_index]
+            estimator, fit_params = spec.express(key, value, estimator, fit_params)
+        return clone(estimator), fit_params
+
+    def _from_solution(self, X, y, found):
+        """The fitted estimator assembled from a fold's inner solution."""
+        attributes, prefix = dict(found[0]), found[1]
+        expressed, _ = self._expressed({}, None)
+        steps = list(prefix.steps) if prefix is not None else []
+        features = prefix.transform(X) if prefix is not None else X
+        if any(self.specs[key].kind == "per_feature" for key in self.learned or {}):
+            # The rescaling step in front of the final one: a weight w_j on
+            # feature s_j x_j is w_j / s_j.
+            rescale = clone(expressed.steps[-2][1]).fit(features)
+            steps.append((expressed.steps[-2][0], rescale))
+            features = rescale.transform(features)
+            scale = rescale.kw_args["scale"]
+            attributes["coef_"] = np.asarray(attributes["coef_"]) / scale
+        if isinstance(expressed, Pipeline):
+            name, final = expressed.steps[-1]
+        else:
+            name, final = type(expressed).__name__.lower(), expressed
+        fitted = fitted_estimator(final, attributes, features, y)
+        return Pipeline(steps + [(name, fitted)]) if steps else fitted
+
+    def _fold_solution(self, sample_index):
+        """The stored solution of this candidate on the fold of ``sample_index``."""
+        store = self.fold_solutions
+        if store is None or self.candidate is None or sample_index is None:
+            return None
+        if self.candidate in store.failures:
+            raise FloatingPointError(store.failures[self.candidate])
+        split = store.split(sample_index)
+        if split is None or self.candidate not in store.entries:
+            return None
+        folds, prefixes = store.entries[self.candidate]
+        return folds[split], None if prefixes is None else prefixes[split]
+
+    def fit(self, X, y=None, sample_index=None, **fit_params):
+        """Fit the plain scikit-learn estimator that expresses the learned values."""
+        if get_config()["enable_metadata_routing"]:
+            fit_params = process_routing(self, "fit", **fit_params).estimator.fit
+        found = self._fold_solution(sample_index)
+        record = REGISTRY.get(type(final_estimator(self.estimator)))
+        if found is not None and record is not None and record.assemble:
+            self.estimator_ = self._from_solution(X, y, found)
+            return self
+        estimator, fit_params = self._expressed(fit_params, sample_index)
+        self.estimator_ = _fit(estimator, X, y, fit_params)
+        return self
+
+    @property
+    def classes_(self):
+        check_is_fitted(self)
+        return self.estimator_.classes_
+
+    @available_if(_delegate_has("predict"))
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.estimator_.predict(X)
+
+    @available_if(_delegate_has("predict_proba"))
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        return self.estimator_.predict_proba(X)
+
+    @available_if(_delegate_has("predict_log_proba"))
+    def predict_log_proba(self, X):
+        check_is_fitted(self)
+        return self.estimator_.predict_log_proba(X)
+
+    @available_if(_delegate_has("decision_function"))
+    def decision_function(self, X):
+        check_is_fitted(self)
+        return self.estimator_.decision_function(X)
+
+    @available_if(_delegate_has("score"))
+    def score(self, X, y, sample_weight=None):
+        check_is_fitted(self)
+        if sample_weight is None:
+            return self.estimator_.score(X, y)
+        return self.estimator_.score(X, y, sample_weight=sample_weight)
+
+
+class FixedSplits:
+    """A splitter yielding the search's splits, computed once."""
+
+    def __init__(self, splits):
+        self.splits = splits
+
+    def split(self, X=None, y=None, groups=None):
+        yield from self.splits
+
+    def get_n_splits(self, X=None, y=None, groups=None):
+        return len(self.splits)
+
+
+class Evaluation(BaseSearchCV):
+    """scikit-learn's search over given candidates of :class:`LearnedSettings`.
+
+    It scores the candidates on fixed splits and refits the best one; ties in
+    the refit metric go to the candidate with the lowest validation loss its
+    run descended (``outer_losses``, NaN for settings not learned).
+    """
+
+    def __init__(
+        self,
+        estimator,
+        candidates,
+        splits,
+        outer_losses,
+        *,
+        scoring=None,
+        n_jobs=None,
+        refit=True,
+        verbose=0,
+        pre_dispatch="2*n_jobs",
+        error_score=np.nan,
+        return_train_score=False,
+    ):
+        super().__init__(
+            estimator=estimator,
+            scoring=scoring,
+            n_jobs=n_jobs,
+            refit=refit,
+            cv=FixedSplits(splits),
+            verbose=verbose,
+            pre_dispatch=pre_dispatch,
+            error_score=error_score,
+            return_train_score=return_train_score,
+        )
+        self.candidates = candidates
+        self.splits = splits
+        self.outer_losses = outer_losses
+
+    def _run_search(self, evaluate_candidates):
+        evaluate_candidates(self.candidates)
+
+    def _select_best_index(self, refit, refit_metric, results):
+        best = BaseSearchCV._select_best_index(refit, refit_metric, results)
+        if callable(refit):
+            return best
+        scores = np.asarray(results[f"mean_test_{refit_metric}"], dtype=float)
+        tied = np.flatnonzero(scores == scores[best])
+        losses = np.asarray(self.outer_losses, dtype=float)[tied]
+        if np.isfinite(losses).any():
+            return int(tied[np.nanargmin(losses)])
+        return best

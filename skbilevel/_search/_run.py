@@ -1,0 +1,350 @@
+"""One hypergradient run: the outer optimizers, stopping, and the run itself.
+
+Box-constrained spaces are optimized by L-BFGS-B on the unconstrained
+variables (few outer steps, each an inner solve warm-started from the previous
+one); a sample-weight budget needs its own projection, so it is optimized by
+projected Adam. Both return the best finite iterate they evaluated, never
+merely the last: a step whose validation loss or hypergradient is not finite
+is undone and shrunk with a warning, and a run that cannot take a first step
+is reported as failed.
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.optimize
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from ..problems import lookup, make_problem
+from ..problems._data import final_estimator, fit_prefixes, fold_data
+from ..utils import to_numpy
+from ..utils._threads import one_torch_thread
+from ._objective import NonFinite, Objective
+
+# Most times a non-finite outer step is undone and shrunk before a run stops.
+MAX_SHRINKS = 5
+
+
+class RunFailed(Exception):
+    """The run could not evaluate its starting point (or recover from a
+    non-finite step): its rows follow ``error_score``."""
+
+
+@dataclass
+class Outcome:
+    """What a run hands back to the search.
+
+    ``learned`` is the best setting (user keys); ``history`` one entry per
+    outer step; ``solutions``, with an exact fit, per entry the fitted
+    attributes of each fold's solution, and ``prefixes`` the fitted earlier
+    steps of a Pipeline per fold; ``failure`` says why a run failed.
+    """
+
+    learned: dict
+    history: list
+    solutions: list | None = None
+    prefixes: list | None = None
+    failure: str | None = None
+    interrupted: bool = False
+
+
+def _flatten(u):
+    return np.concatenate([to_numpy(v).ravel() for v in u.values()])
+
+
+def _unflatten(x, like):
+    u, start = {}, 0
+    for name, value in like.items():
+        size = value.numel()
+        piece = torch.as_tensor(x[start : start + size], dtype=value.dtype)
+        u[name] = piece.reshape(value.shape).to(value.device)
+        start += size
+    return u
+
+
+def _warn_undone(objective, error, what):
+    warnings.warn(
+        f"Outer step {len(objective.history)} of a hypergradient run gave a "
+        f"non-finite result ({error}); the step was undone and {what}.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+
+
+class _Stalled(Exception):
+    """The outer line search backtracked to the best point it had evaluated."""
+
+
+def lbfgs(objective, u0, settings):
+    """Outer L-BFGS-B on the box of the unconstrained variables."""
+    bounds = []
+    for name, value in u0.items():
+        bounds.extend([objective.specs[name].bounds()] * value.numel())
+    state = {"scale": None, "grad": None}
+
+    def fun(x):
+        if objective.history:
+            best = _flatten(objective.points[objective.best])
+            if np.abs(x - best).max() <= 100 * settings.tol:
+                # The line search backtracks to within the step tolerance of
+                # the best point: the hypergradient no longer agrees with the
+                # loss at the inner solutions' precision.
+                raise _Stalled
+        try:
+            result = objective(_unflatten(x, u0))
+        except NonFinite as error:
+            if state["scale"] is None:
+                raise RunFailed(str(error)) from error
+            _warn_undone(objective, error, "the line search shrinks it")
+            # A loss above every one seen makes the line search backtrack.
+            worst = max(entry["outer_loss"] for entry in objective.history)
+            return (worst + abs(worst) + 1.0) / state["scale"], state["grad"]
+        grad = _flatten(result.grad).astype(np.float64)
+        if state["scale"] is None:
+            # Scaled so that the first hypergradient's largest entry is 1: the
+            # first step then moves u by up to 1 (a factor e of a log-scale
+            # hyperparameter) whatever the scale of the validation loss.
+            state["scale"] = max(float(np.abs(grad).max()), np.finfo(float).tiny)
+        state["grad"] = grad / state["scale"]
+        return float(result.outer_loss) / state["scale"], state["grad"]
+
+    previous = [_flatten(u0).astype(np.float64)]
+
+    def small_step(intermediate_result):
+        # Moves of the unconstrained values below 100 tol (1% of a log-scale
+        # hyperparameter by default) change no score: further steps only
+        # chase the inner solutions' rounding.
+        change = np.abs(intermediate_result.x - previous[0]).max()
+        previous[0] = intermediate_result.x.copy()
+        if change <= 100 * settings.tol:
+            raise StopIteration
+
+    try:
+        scipy.optimize.minimize(
+            fun,
+            _flatten(u0).astype(np.float64),
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            callback=small_step,
+            options={
+                "maxiter": settings.max_iter,
+                "maxfun": settings.max_iter,
+                "ftol": settings.tol,
+                "gtol": settings.tol,
+            },
+        )
+    except _Stalled:
+        pass
+
+
+def _adam_step(moments, grad, t, betas=(0.9, 0.999), eps=1e-8):
+    """Adam's direction at step ``t``, updating the moment estimates."""
+    first, second = moments
+    step = {}
+    for name, g in grad.items():
+        first[name] = betas[0] * first[name] + (1 - betas[0]) * g
+        second[name] = betas[1] * second[name] + (1 - betas[1]) * g**2
+        step[name] = (first[name] / (1 - betas[0] ** t)) / (
+            torch.sqrt(second[name] / (1 - betas[1] ** t)) + eps
+        )
+    return step
+
+
+def adam(objective, u0, settings):
+    """Outer projected Adam: a step in u, then each spec's projection."""
+    u, last = dict(u0), None
+    moments = tuple({k: torch.zeros_like(v) for k, v in u.items()} for _ in range(2))
+    rate, shrinks = settings.outer_learning_rate, 0
+    for t in range(1, settings.max_iter + 1):
+        try:
+            grad = objective(u).grad
+        except NonFinite as error:
+            if last is None:
+                raise RunFailed(str(error)) from error
+            shrinks += 1
+            if shrinks > MAX_SHRINKS:
+                _warn_undone(objective, error, "the run stopped at its best step")
+                return
+            rate *= 0.5
+            _warn_undone(objective, error, f"the step size halved to {rate:.3g}")
+            u = _moved(objective, last[0], last[1], rate)
+            continue
+        step = _adam_step(moments, grad, t)
+        new = _moved(objective, u, step, rate)
+        change = max(float((new[k] - u[k]).abs().max()) for k in u)
+        last, u = (u, step), new
+        if change <= settings.tol:
+            return
+
+
+def _moved(objective, u, step, rate):
+    return {
+        name: objective.specs[name].project(value - rate * step[name])
+        for name, value in u.items()
+    }
+
+
+def _warn_at_bounds(objective, names):
+    """Warn when the best point of a scalar lies on a bound that the
+    hypergradient says to cross."""
+    best = objective.best
+    u, grad = objective.points[best], objective.grads[best]
+    for name, spec in objective.specs.items():
+        if spec.kind != "real":
+            continue
+        low, high = spec.bounds()
+        value, slope = float(u[name]), float(grad[name])
+        side = None
+        if value >= high and slope < 0:
+            side = "upper"
+        elif value <= low and slope > 0:
+            side = "lower"
+        if side is not None:
+            bound = spec.high if side == "upper" else spec.low
+            warnings.warn(
+                f"The hypergradient run ended at the {side} bound of "
+                f"{names[name]!r} ({bound:g}) with the hypergradient pointing "
+                "beyond it; widen the bounds of its Real.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+
+
+def _warn_at_max_iter(objective, settings):
+    """Warn when the run used its max_iter steps while still improving."""
+    losses = [entry["outer_loss"] for entry in objective.history]
+    if len(losses) < max(settings.max_iter, 2) or objective.best != len(losses) - 1:
+        return
+    decrease = (min(losses[:-1]) - losses[-1]) / max(abs(losses[-1]), 1e-300)
+    if decrease > settings.tol:
+        warnings.warn(
+            f"The hypergradient run stopped at max_iter={settings.max_iter} outer "
+            f"steps while the validation loss was still falling (by "
+            f"{100 * decrease:.2g}% at the last step); increase max_iter.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+
+
+def _problem(estimator, specs, data_args, settings):
+    """The final estimator's record, the fold data and the inner problem."""
+    X, y, splits, sample_weight = data_args
+    prefixes = fit_prefixes(estimator, X, y, splits)
+    final = final_estimator(estimator)
+    record = lookup(final)
+    final, data = fold_data(
+        estimator,
+        X,
+        y,
+        splits,
+        sample_weight,
+        settings.device,
+        settings.dtype,
+        prefixes=prefixes,
+    )
+    kinds = {name: spec.kind for name, spec in specs.items()}
+    options = {"tol": settings.inner_tol, "max_iter": settings.inner_steps}
+    return record, data, make_problem(final, data, kinds, options), prefixes
+
+
+def _starting_point(specs, data, problem, restart, seed):
+    rng = np.random.RandomState(seed)
+    n_samples, n_features = data.train.shape[1], data.X.shape[-1]
+    u0 = {}
+    for name, spec in specs.items():
+        shape = spec.shape(n_features, n_samples, problem)
+        like = {"dtype": data.X.dtype, "device": data.X.device}
+        u0[name] = (
+            spec.initial(shape, **like)
+            if restart == 0
+            else spec.random_initial(shape, rng, **like)
+        )
+    return u0
+
+
+def _optimize(objective, u0, settings, names, entries, device):
+    budget = any(
+        getattr(spec, "budget", None) is not None for spec in objective.specs.values()
+    )
+    with one_torch_thread(entries, device):
+        if settings.outer_optimizer == "adam" or budget:
+            adam(objective, u0, settings)
+        else:
+            lbfgs(objective, u0, settings)
+    _warn_at_bounds(objective, names)
+    _warn_at_max_iter(objective, settings)
+
+
+def run(estimator, space, data_args, settings, restart, seed):
+    """One hypergradient run over the continuous entries of ``space``.
+
+    Parameters
+    ----------
+    estimator : estimator instance
+        The estimator (or Pipeline) with the discrete settings of this run.
+    space : dict of str to spec
+        Continuous entries: user key (``"step__param"`` or ``"sample_weight"``)
+        to its spec.
+    data_args : tuple
+        ``(X, y, splits, sample_weight)``: the validated training data, the
+        cross-validation folds and the fixed weights given to ``fit``.
+    settings : RunSettings
+        The bilevel settings of the search, resolved for this estimator.
+    restart : int
+        Restart number; 0 starts from each spec's initial value, the others
+        from a random point drawn with ``seed``.
+    seed : int
+        Seed of this run.
+
+    Returns
+    -------
+    outcome : Outcome
+        The best setting, the history and the exact fold solutions.
+    """
+    names = {key.rsplit("__", 1)[-1]: key for key in space}
+    specs = {name: space[key] for name, key in names.items()}
+    record, data, problem, prefixes = _problem(estimator, specs, data_args, settings)
+    objective = Objective(
+        problem,
+        specs,
+        settings,
+        unrolled=record.unrolled,
+        keeps_solutions=record.exact_fit,
+    )
+    u0 = _starting_point(specs, data, problem, restart, seed)
+    folds = data.train.shape[0] if data.X.dim() == 2 else 1
+    interrupted = False
+    try:
+        _optimize(objective, u0, settings, names, data.X.numel() * folds, data.X.device)
+    except RunFailed as error:
+        start = to_numpy(objective.constrained(u0))
+        return Outcome(_by_key(start, names, specs), [], failure=str(error))
+    except KeyboardInterrupt:
+        if not objective.history:
+            raise
+        interrupted = True
+    return _outcome(objective, names, prefixes, interrupted)
+
+
+def _by_key(values, names, specs):
+    return {
+        names[name]: float(values[name]) if spec.kind == "real" else values[name]
+        for name, spec in specs.items()
+    }
+
+
+def _outcome(objective, names, prefixes, interrupted):
+    for entry in objective.history:
+        entry["params"] = _by_key(entry["params"], names, objective.specs)
+    best = objective.history[objective.best]["params"]
+    solutions = objective.solutions if objective.keeps_solutions else None
+    return Outcome(
+        dict(best),
+        objective.history,
+        solutions,
+        prefixes if solutions is not None else None,
+        interrupted=interrupted,
+    )

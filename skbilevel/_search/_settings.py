@@ -1,0 +1,89 @@
+"""The search's bilevel settings, validated and resolved once per estimator."""
+
+import inspect
+
+from ..hypergrad import METHODS
+from ..problems import lookup
+from ._objective import IMPLICIT, RunSettings
+
+# Options the search passes itself: the problem's curvature and warm starts.
+_SET_BY_SEARCH = {
+    "hessian_vector",
+    "preconditioner",
+    "fast_hessian_vector",
+    "init",
+    "batched",
+}
+# Conjugate gradient to a relative residual of 1e-4 gives hypergradients
+# accurate enough for the outer optimizer (whose tolerance is relative too)
+# at a fraction of the cost of the engine's default 1e-8.
+_DEFAULTS = {
+    "implicit_cg": {"cg_tol": 1e-4, "max_iter": 500},
+    "implicit_forward": {"cg_tol": 1e-4, "max_iter": 500},
+}
+
+
+def method_options(method):
+    """The options a user may give ``method`` in ``method_params``."""
+    parameters = inspect.signature(METHODS[method]).parameters.values()
+    keyword = {p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return sorted(keyword - _SET_BY_SEARCH)
+
+
+def resolve_method(method, record, specs):
+    """``method`` with "auto" resolved for an estimator's record.
+
+    "auto" differentiates through the training steps of an unrolled problem
+    (reverse mode); at the optimum of an argmin problem, forward implicit
+    differentiation for one or two scalars (its tangents also warm-start the
+    next inner solve), the adjoint for more.
+    """
+    if method != "auto":
+        return method
+    if record.unrolled:
+        return "reverse"
+    few = len(specs) <= 2 and all(spec.kind == "real" for spec in specs.values())
+    return "implicit_forward" if few else "implicit_cg"
+
+
+def run_settings(search, final, specs):
+    """The :class:`RunSettings` of ``search`` for its final estimator ``final``
+    learning ``specs``; refuses unknown method options and implicit methods
+    on unrolled problems."""
+    record = lookup(final)
+    method = resolve_method(search.method, record, specs)
+    if record.unrolled and method in IMPLICIT:
+        raise ValueError(
+            f"method={method!r} differentiates an inner optimum, but the fit of "
+            f"{type(final).__name__} is a fixed number of training steps (whose "
+            "learning rate or momentum an optimum would not depend on); use "
+            "method='reverse', 'truncated_reverse' or 'forward'."
+        )
+    given = dict(search.method_params or {})
+    valid = method_options(method)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        resolved = ""
+        if search.method == "auto":
+            resolved = f" (method='auto' is {method!r} for {type(final).__name__})"
+        raise ValueError(
+            f"method_params {unknown} are not options of method={method!r}"
+            f"{resolved}; its options are: {', '.join(valid) or 'none'}."
+        )
+    dtype = search.dtype
+    if dtype == "auto":
+        # The torch MLPs are differentiated in their own precision.
+        dtype = getattr(final, "dtype", "float64") if record.unrolled else "float64"
+    return RunSettings(
+        method=method,
+        method_params={**_DEFAULTS.get(method, {}), **given},
+        inner_steps=search.inner_steps,
+        inner_tol=search.inner_tol,
+        max_iter=search.max_iter,
+        tol=search.tol,
+        outer_optimizer=search.outer_optimizer,
+        outer_learning_rate=search.outer_learning_rate,
+        device=search.device,
+        dtype=dtype,
+        verbose=search.verbose,
+    )

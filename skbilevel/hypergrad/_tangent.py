@@ -1,0 +1,190 @@
+"""Forward implicit differentiation: the tangents dw*/dlambda, column by column.
+
+For a few hyperparameters, each column ``z_j = dw*/dlambda_j`` of the
+Jacobian of the inner solution solves ``H z_j = -d(grad_w L)/dlambda_j`` by
+preconditioned conjugate gradient, and the hypergradient is
+``dE/dw . z_j + dE/dlambda_j``. It takes as many solves as hyperparameters
+(the adjoint method of :func:`~skbilevel.hypergrad.implicit_cg` takes one),
+but its columns also predict the solution at a nearby next point,
+``w* + sum_j z_j dlambda_j``, which warm-starts the next inner solve.
+"""
+
+import warnings
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from ._cg import conjugate_gradient
+from ._dynamics import gradient_norm, unroll
+from ._methods import Hypergradient, _check_finite, _detached, _grad, _leaves
+
+
+def _solve(matvec, b, precondition, tol, max_iter, x0, batched):
+    """``matvec(x) = b`` by the package's preconditioned conjugate gradient."""
+    x, converged, _ = conjugate_gradient(
+        matvec,
+        b,
+        tol=tol,
+        max_iter=max_iter,
+        precondition=precondition,
+        x0=x0,
+        batched=batched,
+    )
+    return x, converged
+
+
+def _inner_solution(params, hparams, T, dynamics, tol):
+    if T == 0:
+        return _detached(params)
+    tol = (
+        torch.finfo(next(iter(params.values())).dtype).eps ** 0.5
+        if tol is None
+        else tol
+    )
+    with torch.no_grad():
+        state = unroll(dynamics, _detached(params), _detached(hparams), T, tol=tol)
+    if gradient_norm(dynamics.inner_loss, state[0], hparams) > tol:
+        warnings.warn(
+            f"The inner problem was not solved to tol={tol} in T={T} steps; the "
+            "implicit hypergradient is only as accurate as the inner solution.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return _detached(state[0])
+
+
+def implicit_forward(
+    params,
+    hparams,
+    T,
+    dynamics,
+    outer_loss,
+    *,
+    tol=None,
+    max_iter=500,
+    cg_tol=1e-4,
+    hessian_vector=None,
+    preconditioner=None,
+    fast_hessian_vector=None,
+    init=None,
+    batched=False,
+):
+    """Implicit hypergradient by forward differentiation of the inner optimum.
+
+    Parameters
+    ----------
+    params, hparams, T, dynamics, outer_loss
+        As in :func:`~skbilevel.hypergrad.reverse`; the ``T`` steps of
+        ``dynamics`` only solve the inner problem (``T=0``: ``params`` is the
+        solution already).
+    tol : float, default=None
+        Gradient-norm tolerance of the inner solve; ``None`` means the square
+        root of the machine epsilon of the parameters' dtype.
+    max_iter : int, default=500
+        Maximum conjugate-gradient iterations per column.
+    cg_tol : float, default=1e-4
+        Relative residual of each column's solve.
+    hessian_vector : callable, default=None
+        ``hessian_vector(v) -> H v`` at the solution; by default double
+        back-propagation through ``dynamics.inner_loss``.
+    preconditioner : callable, default=None
+        A positive-definite approximation of ``v -> H^{-1} v``.
+    fast_hessian_vector : callable, default=None
+        ``H v`` in a lower precision, for a first pass of each solve, which
+        is then finished with ``hessian_vector``.
+    init : dict of str to list of dict, default=None
+        The ``tangent`` of a nearby previous call, whose columns start the
+        solves.
+    batched : bool, default=False
+        Whether the leading dimension of every inner parameter indexes
+        independent problems (cross-validation folds), each solved to its own
+        ``cg_tol``.
+
+    Returns
+    -------
+    result : Hypergradient
+        E(w*, lambda), the hypergradient, w*, and ``tangent``: per
+        hyperparameter, the list of columns ``dw*/dlambda_j`` (dicts shaped
+        like ``params``), one per entry of that hyperparameter.
+
+    References
+    ----------
+    .. [1] F. Pedregosa, "Hyperparameter optimization with approximate
+       gradient", ICML 2016.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from skbilevel.hypergrad import gradient_descent, implicit_forward
+    >>> inner = lambda w, h: 0.5 * ((w["x"] - h["c"]) ** 2).sum()
+    >>> outer = lambda w, h: 0.5 * ((w["x"] - 2.0) ** 2).sum()
+    >>> dyn = gradient_descent(inner, learning_rate=0.5)
+    >>> res = implicit_forward({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100,
+    ...                        dyn, outer, cg_tol=1e-10)
+    >>> round(float(res.grad["c"]), 3)
+    -1.0
+    """
+    w = _leaves(_inner_solution(params, hparams, T, dynamics, tol))
+    h = _leaves(hparams)
+    with torch.enable_grad():
+        value = _check_finite(outer_loss(w, h), T)
+        direct_w = _grad(value, w, retain_graph=True)
+        direct_h = _grad(value, h, retain_graph=True)
+        # d(grad_w L)/dlambda_j = grad_w (dL/dlambda_j): mixed partials commute.
+        inner_h = _grad(dynamics.inner_loss(w, h), h, create_graph=True)
+        inner_w = None
+        if hessian_vector is None:
+            inner_w = _grad(dynamics.inner_loss(w, h), w, create_graph=True)
+    if hessian_vector is None:
+
+        def hessian_vector(v):
+            return _grad(
+                list(inner_w.values()),
+                w,
+                grad_outputs=list(v.values()),
+                retain_graph=True,
+            )
+
+    precondition = preconditioner or (lambda v: v)
+    grad, tangent = {}, {}
+    for name, partial in inner_h.items():
+        columns, entries = [], []
+        for j, entry in enumerate(partial.reshape(-1)):
+            with torch.enable_grad():
+                mixed = _grad(entry, w, retain_graph=True)
+            rhs = {k: -m.detach() for k, m in mixed.items()}
+            start = None if init is None or name not in init else init[name][j]
+            column = _column(
+                hessian_vector,
+                fast_hessian_vector,
+                rhs,
+                precondition,
+                start,
+                cg_tol,
+                max_iter,
+                batched,
+            )
+            columns.append(column)
+            dot = sum((direct_w[k].detach() * column[k]).sum() for k in column)
+            entries.append(dot + direct_h[name].reshape(-1)[j].detach())
+        grad[name] = torch.stack(entries).reshape(partial.shape)
+        tangent[name] = columns
+    return Hypergradient(value.detach(), grad, _detached(w), tangent=tangent)
+
+
+def _column(hessian_vector, fast, rhs, precondition, start, tol, max_iter, batched):
+    """One tangent column: a first pass with ``fast`` products, if given, then
+    the exact products from its solution."""
+    if fast is not None:
+        start, _ = _solve(fast, rhs, precondition, tol, max_iter, start, batched)
+    column, converged = _solve(
+        hessian_vector, rhs, precondition, tol, max_iter, start, batched
+    )
+    if not converged:
+        warnings.warn(
+            "The conjugate gradient for the implicit hypergradient did not "
+            f"reach tol={tol} in {max_iter} iterations; increase max_iter.",
+            ConvergenceWarning,
+            stacklevel=4,
+        )
+    return column
