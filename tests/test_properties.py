@@ -1,0 +1,257 @@
+"""Property-based tests of BilevelSearchCV and the torch MLPs (hypothesis).
+
+Over random shapes, input dtypes, class counts and label types, numpy or pandas
+inputs, and parameter spaces (continuous, per-feature, per-sample, mixed with
+discrete lists), on tiny problems:
+
+- ``fit`` raises nothing but the documented ValueError, TypeError or
+  FloatingPointError (the drawn problems are valid, so hypothesis also fails
+  the test if most draws raise even those);
+- predictions have the right shape, dtype and labels; learned values lie in
+  their bounds with their documented shapes; feature names and counts are kept
+  and checked at predict time;
+- a clone refitted with the same ``random_state``, and a pickle round trip of
+  the fitted object, predict exactly the same.
+"""
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, note, reject, settings
+from hypothesis import strategies as st
+from sklearn.base import clone, is_classifier
+from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+
+from skbilevel import BilevelSearchCV, PerFeature, Real, SampleWeight
+from skbilevel.neural_network import TorchMLPClassifier, TorchMLPRegressor
+
+# Tiny runs stop at max_iter or at a bound and say so; that is not a failure.
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+DOCUMENTED_ERRORS = (ValueError, TypeError, FloatingPointError)
+LOW, HIGH = 1e-2, 1e2
+SETTINGS = settings(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+    database=None,  # the checkout is shared; print_blob reproduces a failure
+)
+
+
+@st.composite
+def problems(draw, classification):
+    """A tiny valid problem: class-balanced y, so that every class is in every
+    training fold of a 2-fold stratified split."""
+    n_samples = draw(st.integers(20, 60))
+    n_features = draw(st.integers(1, 6))
+    x_dtype = draw(st.sampled_from(["float32", "float64", "int64"]))
+    frame = draw(st.booleans())
+    rng = np.random.RandomState(draw(st.integers(0, 2**31 - 1)))
+    X = rng.normal(size=(n_samples, n_features))
+    if classification:
+        n_classes = draw(st.integers(2, 4))
+        codes = rng.permutation(np.arange(n_samples) % n_classes)
+        # Informative features, so that fits are not degenerate.
+        X += codes[:, None] * rng.normal(size=n_features)
+        labels = draw(st.sampled_from(["int", "negative_int", "str"]))
+        y = {
+            "int": codes,
+            "negative_int": codes - 2,
+            "str": np.array(["ham", "spam", "eggs", "bacon"])[codes],
+        }[labels]
+    else:
+        y = X @ rng.normal(size=n_features) + rng.normal(size=n_samples)
+        y = y.astype(draw(st.sampled_from(["float32", "float64"])))
+    X = np.round(3 * X).astype(x_dtype) if x_dtype == "int64" else X.astype(x_dtype)
+    if frame:
+        X = pd.DataFrame(X, columns=[f"feature_{i}" for i in range(n_features)])
+        y = pd.Series(y, name="target")
+    return X, y
+
+
+def _spaces(param):
+    return {
+        "real": {param: Real(LOW, HIGH)},
+        "bounds_tuple": {param: (LOW, HIGH)},
+        "float_init": {param: 1.0},
+        "per_feature": {param: PerFeature(LOW, HIGH)},
+        "sample_weight": {"sample_weight": SampleWeight()},
+        "real_and_list": {param: Real(LOW, HIGH), "fit_intercept": [True, False]},
+        "per_feature_and_list": {
+            param: PerFeature(LOW, HIGH),
+            "fit_intercept": [True, False],
+        },
+        "sample_weight_and_list": {
+            "sample_weight": SampleWeight(),
+            param: [0.1, 10.0],
+        },
+        "list": {param: [0.1, 10.0]},
+    }
+
+
+LINEAR = {
+    "LogisticRegression": (LogisticRegression, "C", True),
+    "Ridge": (Ridge, "alpha", False),
+    "RidgeClassifier": (RidgeClassifier, "alpha", True),
+}
+SPACE_NAMES = sorted(_spaces("C"))
+
+
+def _mlp(classification, seed):
+    cls = TorchMLPClassifier if classification else TorchMLPRegressor
+    return cls(hidden_layer_sizes=(4,), max_iter=5, random_state=seed)
+
+
+MLP_SPACES = {
+    "learning_rate": {"learning_rate": Real(1e-3, 1.0)},
+    "alpha": {"alpha": Real(1e-5, 1.0)},
+    "momentum_solver_sgd": {"momentum": Real(0.1, 0.99, log=False)},
+    "sample_weight": {"sample_weight": SampleWeight()},
+    "learning_rate_and_list": {
+        "learning_rate": Real(1e-3, 1.0),
+        "alpha": [1e-4, 1e-2],
+    },
+}
+
+
+def _fit_or_reject(estimator, X, y):
+    """Fit; a documented error ends the draw, anything else fails the test."""
+    try:
+        return estimator.fit(X, y)
+    except DOCUMENTED_ERRORS as error:
+        note(f"documented error: {type(error).__name__}: {error}")
+        reject()
+
+
+def _check_predictions(fitted, X, y):
+    predictions = fitted.predict(X)
+    assert predictions.shape == (len(y),)
+    if is_classifier(fitted):
+        np.testing.assert_array_equal(fitted.classes_, np.unique(np.asarray(y)))
+        assert predictions.dtype == fitted.classes_.dtype
+        assert set(predictions) <= set(fitted.classes_)
+        if hasattr(fitted, "predict_proba"):
+            proba = fitted.predict_proba(X)
+            assert proba.shape == (len(y), len(fitted.classes_))
+            assert np.all(np.isfinite(proba))
+            np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    else:
+        assert predictions.dtype.kind == "f"
+        assert np.all(np.isfinite(predictions))
+    return predictions
+
+
+def _check_features(fitted, X):
+    assert fitted.n_features_in_ == X.shape[1]
+    if isinstance(X, pd.DataFrame):
+        np.testing.assert_array_equal(fitted.feature_names_in_, X.columns)
+        if X.shape[1] > 1:
+            with pytest.raises(ValueError, match="feature names"):
+                fitted.predict(X[X.columns[::-1]])
+        wider = X.assign(extra=0.0)
+    else:
+        assert not hasattr(fitted, "feature_names_in_")
+        wider = np.hstack([X, np.zeros((len(X), 1), dtype=X.dtype)])
+    with pytest.raises(ValueError):
+        fitted.predict(wider)
+
+
+def _bounds(spec):
+    if isinstance(spec, Real | PerFeature):
+        return spec.low, spec.high
+    if isinstance(spec, tuple):
+        return spec
+    return spec * 1e-4, spec * 1e4  # a bare float: four decades either side
+
+
+def _check_best_params(search, space, n_samples, n_features, rtol=1e-9):
+    assert search.best_params_.keys() == space.keys()
+    for name, spec in space.items():
+        value = np.asarray(search.best_params_[name], dtype=float)
+        if isinstance(spec, list):
+            assert search.best_params_[name] in spec
+        elif isinstance(spec, SampleWeight):
+            assert value.shape == (n_samples,)
+            assert np.all((value >= 0) & (value <= 1))
+        else:
+            assert value.shape == (
+                (n_features,) if isinstance(spec, PerFeature) else ()
+            )
+            low, high = _bounds(spec)
+            assert np.all(np.isfinite(value))
+            assert np.all((value >= low * (1 - rtol)) & (value <= high * (1 + rtol)))
+
+
+def _check_round_trips(fitted, X, y, predictions):
+    refitted = clone(fitted).fit(X, y)
+    np.testing.assert_array_equal(refitted.predict(X), predictions)
+    restored = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_array_equal(restored.predict(X), predictions)
+    if hasattr(fitted, "predict_proba"):
+        np.testing.assert_array_equal(
+            restored.predict_proba(X), fitted.predict_proba(X)
+        )
+
+
+@settings(SETTINGS, max_examples=8)
+@given(data=st.data(), space_name=st.sampled_from(SPACE_NAMES))
+@pytest.mark.parametrize("estimator_name", sorted(LINEAR))
+def test_linear_search_properties(estimator_name, data, space_name):
+    make, param, classification = LINEAR[estimator_name]
+    X, y = data.draw(problems(classification), label="problem")
+    space = _spaces(param)[space_name]
+    search = BilevelSearchCV(make(), space, cv=2, max_iter=3, random_state=0)
+    _fit_or_reject(search, X, y)
+    predictions = _check_predictions(search, X, y)
+    _check_features(search, X)
+    _check_best_params(search, space, len(y), X.shape[1])
+    _check_round_trips(search, X, y, predictions)
+
+
+@settings(SETTINGS, max_examples=8)
+@given(data=st.data(), seed=st.integers(0, 1000))
+@pytest.mark.parametrize("classification", [True, False], ids=["clf", "reg"])
+def test_mlp_properties(classification, data, seed):
+    X, y = data.draw(problems(classification), label="problem")
+    mlp = _fit_or_reject(_mlp(classification, seed), X, y)
+    predictions = _check_predictions(mlp, X, y)
+    _check_features(mlp, X)
+    _check_round_trips(mlp, X, y, predictions)
+
+
+@settings(SETTINGS, max_examples=4)
+@given(data=st.data(), space_name=st.sampled_from(sorted(MLP_SPACES)))
+@pytest.mark.parametrize("classification", [True, False], ids=["clf", "reg"])
+def test_mlp_search_properties(classification, data, space_name):
+    X, y = data.draw(problems(classification), label="problem")
+    space = MLP_SPACES[space_name]
+    mlp = _mlp(classification, 0)
+    if space_name == "momentum_solver_sgd":
+        mlp.set_params(solver="sgd")
+    search = BilevelSearchCV(mlp, space, cv=2, max_iter=2, random_state=0)
+    _fit_or_reject(search, X, y)
+    predictions = _check_predictions(search, X, y)
+    _check_features(search, X)
+    # The MLPs learn in float32: a value at a bound may round just past it
+    # (test_learned_value_at_a_bound_stays_within_it).
+    _check_best_params(search, space, len(y), X.shape[1], rtol=1e-6)
+    _check_round_trips(search, X, y, predictions)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a float32 MLP's learned value is not clipped to its float64 "
+    "bounds: momentum Real(0.1, 0.99) gives 0.9900000095367432",
+)
+def test_learned_value_at_a_bound_stays_within_it():
+    # Found by test_mlp_search_properties: the momentum runs to its upper bound.
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    mlp = TorchMLPClassifier((4,), solver="sgd", max_iter=5, random_state=0)
+    space = {"momentum": Real(0.1, 0.99, log=False)}
+    search = BilevelSearchCV(mlp, space, cv=2, max_iter=2, random_state=0).fit(X, y)
+    assert 0.1 <= search.best_params_["momentum"] <= 0.99
+    assert search.best_estimator_.momentum <= 0.99
