@@ -20,7 +20,7 @@ from sklearn import get_config
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.utils import get_tags
+from sklearn.utils import get_tags, metadata_routing
 from sklearn.utils.metadata_routing import (
     MetadataRouter,
     MethodMapping,
@@ -122,6 +122,9 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
     """
 
     __metadata_request__fit = {"sample_index": True}
+    # Scorers get their metadata from the search; score passes on what the
+    # wrapped estimator requested.
+    __metadata_request__score = {"sample_weight": metadata_routing.UNUSED}
 
     def __init__(
         self,
@@ -160,7 +163,9 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         router.add_self_request(self)
         return router.add(
             estimator=self.estimator,
-            method_mapping=MethodMapping().add(caller="fit", callee="fit"),
+            method_mapping=MethodMapping()
+            .add(caller="fit", callee="fit")
+            .add(caller="score", callee="score"),
         )
 
     def _expressed(self, fit_params, sample_index):
