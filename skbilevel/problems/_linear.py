@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from sklearn.base import is_classifier
 from sklearn.preprocessing import LabelEncoder
 
-from ..hypergrad._cg import conjugate_gradient
 from ..utils import to_tensor
 from ._base import (
     FoldData,
@@ -63,20 +62,6 @@ BLOCK_FEATURES = 128
 # per matrix product (below, casting costs more than it saves); the
 # preconditioner's Gram matrices from 16 times as many.
 FAST_SIZE = 2**20
-
-
-def _batched_pcg(matvec, b, precondition, tol, max_iter, x0=None):
-    """The batched :func:`~skbilevel.hypergrad._cg.conjugate_gradient`, under
-    the name and argument order :mod:`skbilevel.hypergrad._tangent` imports."""
-    return conjugate_gradient(
-        matvec,
-        b,
-        tol=tol,
-        max_iter=max_iter,
-        precondition=precondition,
-        x0=x0,
-        batched=True,
-    )
 
 
 def linear_problem(data: FoldData, loss: LinearLoss) -> Problem:
