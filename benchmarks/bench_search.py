@@ -5,6 +5,14 @@ GridSearchCV over 20 log-spaced C values, LogisticRegressionCV(Cs=20) on the
 same values and BilevelSearchCV(Real) on the same range; wall times are
 medians over ``--repeats`` runs in this process.
 
+Each part also times the limit of any search: one 5-fold ``cross_validate``
+of the estimator at BilevelSearchCV's answer plus the refit on all the data
+(a search must at least check what it returns).
+
+Part 1b, Ridge ``alpha`` on ``make_regression(5000, 500, n_informative=50,
+noise=50)``, cv=5: BilevelSearchCV against RidgeCV (efficient leave-one-out
+over 50 alphas) and GridSearchCV over the same 50 alphas (neg. MSE).
+
 Part 2, per-feature L2 (PerFeature) on two scikit-learn datasets: held-out test
 score of BilevelSearchCV against GridSearchCV over the scalar penalty and
 RandomizedSearchCV over the scalar penalty given the same wall time as
@@ -16,7 +24,7 @@ the best of the settings its descent visited, as GridSearchCV's is the best of
 its grid.
 
 Usage: python benchmarks/bench_search.py [--mnist PATH] [--repeats 3]
-       [--threads N] [--parts digits mnist per_feature]
+       [--threads N] [--parts digits mnist ridge per_feature] [--output FILE]
 
 ``--threads N`` limits torch and the BLAS/OpenMP pools of numpy and
 scikit-learn to N threads (default: their own defaults); on a shared, loaded
@@ -31,13 +39,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import loguniform
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sklearn.base import clone
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_diabetes,
+    load_digits,
+    make_regression,
+)
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV, Ridge
+from sklearn.linear_model import (
+    LogisticRegression,
+    LogisticRegressionCV,
+    Ridge,
+    RidgeCV,
+)
 from sklearn.model_selection import (
     GridSearchCV,
+    KFold,
     RandomizedSearchCV,
     StratifiedKFold,
+    cross_validate,
     train_test_split,
 )
 from sklearn.pipeline import make_pipeline
@@ -56,6 +77,18 @@ def _timed(make, X, y, repeats):
         fitted = make().fit(X, y)
         times.append(time.perf_counter() - start)
     return fitted, float(np.median(times))
+
+
+def _limit(estimator, params, X, y, cv, repeats, scoring=None):
+    """Median time of one cross-validation at ``params`` plus the refit."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = clone(estimator).set_params(**params)
+        cross_validate(model, X, y, cv=cv, scoring=scoring)
+        clone(model).fit(X, y)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def _mnist(path, n_samples):
@@ -87,6 +120,7 @@ def logistic_c(name, X, y, repeats):
     )
     path_scores = np.mean([s.mean(axis=0) for s in path.scores_.values()], axis=0)
     n_rows = len(bilevel.cv_results_["params"])
+    limit_time = _limit(estimator, bilevel.best_params_, X, y, cv, repeats)
     rows = [
         (
             name,
@@ -110,9 +144,77 @@ def logistic_c(name, X, y, repeats):
             bilevel_time,
             grid_time,
         ),
+        (
+            name,
+            f"limit: cross_validate at C={bilevel.best_params_['C']:.3g} + refit "
+            f"(bilevel / limit = {bilevel_time / limit_time:.2f})",
+            bilevel.best_score_,
+            limit_time,
+            grid_time,
+        ),
     ]
     print(*rows, sep="\n", flush=True)
     return rows
+
+
+def ridge_alpha(repeats):
+    """Ridge alpha on a 5000 x 500 regression: rows as in :func:`logistic_c`."""
+    X, y = make_regression(5000, 500, n_informative=50, noise=50, random_state=0)
+    alphas = np.logspace(-3, 4, 50)
+    cv = KFold(5, shuffle=True, random_state=0)
+    scoring = "neg_mean_squared_error"
+    grid, grid_time = _timed(
+        lambda: GridSearchCV(Ridge(), {"alpha": alphas}, cv=cv, scoring=scoring),
+        X,
+        y,
+        repeats,
+    )
+    loo, loo_time = _timed(lambda: RidgeCV(alphas=alphas), X, y, repeats)
+    bilevel, bilevel_time = _timed(
+        lambda: BilevelSearchCV(
+            Ridge(), {"alpha": Real(1e-3, 1e4, init=1.0)}, cv=cv, scoring=scoring
+        ),
+        X,
+        y,
+        repeats,
+    )
+    loo_cv = cross_validate(Ridge(alpha=loo.alpha_), X, y, cv=cv, scoring=scoring)
+    limit_time = _limit(Ridge(), bilevel.best_params_, X, y, cv, repeats, scoring)
+    name = "regression 5000x500"
+    return [
+        (
+            name,
+            f"GridSearchCV (50 alphas, best {grid.best_params_['alpha']:.3g})",
+            grid.best_score_,
+            grid_time,
+            grid_time,
+        ),
+        (
+            name,
+            f"RidgeCV leave-one-out (same 50, alpha {loo.alpha_:.3g}; its "
+            "5-fold score)",
+            loo_cv["test_score"].mean(),
+            loo_time,
+            grid_time,
+        ),
+        (
+            name,
+            f"BilevelSearchCV ({len(bilevel.cv_results_['params'])} settings, "
+            f"alpha {bilevel.best_params_['alpha']:.3g})",
+            bilevel.best_score_,
+            bilevel_time,
+            grid_time,
+        ),
+        (
+            name,
+            f"limit: cross_validate + refit (bilevel / limit = "
+            f"{bilevel_time / limit_time:.2f}, bilevel / RidgeCV = "
+            f"{bilevel_time / loo_time:.2f})",
+            bilevel.best_score_,
+            limit_time,
+            grid_time,
+        ),
+    ]
 
 
 def per_feature(name, estimator, param, low, high, X, y):
@@ -159,7 +261,7 @@ def main():
         "--parts",
         nargs="+",
         default=["digits", "mnist", "per_feature"],
-        choices=["digits", "mnist", "per_feature"],
+        choices=["digits", "mnist", "ridge", "per_feature"],
     )
     parser.add_argument(
         "--output", default=str(ROOT / "benchmarks/results/bench_search.md")
@@ -184,11 +286,15 @@ def main():
             *_mnist(args.mnist, args.n_samples),
             args.repeats,
         )
+    if "ridge" in args.parts:
+        rows += ridge_alpha(args.repeats)
     if rows:
         lines += [
-            f"## LogisticRegression C, cv=5 (median of {args.repeats} runs)",
+            f"## LogisticRegression C and Ridge alpha, cv=5 (median of "
+            f"{args.repeats} runs)",
             "",
-            "| data | method | best mean CV accuracy | time (s) | time / grid |",
+            "| data | method | best mean CV score (accuracy / neg. MSE) | time (s) "
+            "| time / grid |",
             "|---|---|---|---|---|",
         ]
         lines += [
