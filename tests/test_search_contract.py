@@ -231,3 +231,16 @@ def test_metadata_routing_refuses_unrequested_sample_weight():
         )
         with pytest.raises(sklearn.exceptions.UnsetMetadataPassedError):
             search.fit(X, y, sample_weight=np.ones(60))
+
+
+def test_callbacks_see_every_evaluation_of_a_continuous_search():
+    """scikit-learn's callback API (where installed): the hooks of the fit,
+    the search, each candidate on each split and the refit, as GridSearchCV's."""
+    utils = pytest.importorskip("sklearn.callback.tests._utils")
+    X, y = make_regression(n_samples=60, n_features=4, noise=5.0, random_state=0)
+    callback = utils.RecordingCallback()
+    search = BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=3)
+    search.set_callbacks(callback).fit(X, y)
+    n_rows = len(search.cv_results_["params"])
+    assert callback.count_hooks("on_fit_task_begin") == 3 + 2 * n_rows
+    assert callback.count_hooks("on_fit_task_end") == 3 + 2 * n_rows

@@ -258,6 +258,22 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         return self.estimator_.score(X, y, sample_weight=sample_weight)
 
 
+def search_candidates(search, evaluate_candidates, candidates, callback_ctx):
+    """``evaluate_candidates(candidates)`` inside a "search" task of
+    scikit-learn's callback API, as GridSearchCV does, where the installed
+    scikit-learn has it (``callback_ctx`` is then given)."""
+    if callback_ctx is None:
+        evaluate_candidates(candidates)
+        return
+    search_ctx = callback_ctx.subcontext(
+        task_name="search",
+        max_subtasks=len(candidates) * search.n_splits_,
+        sequential_subtasks=False,
+    ).call_on_fit_task_begin(estimator=search)
+    evaluate_candidates(candidates, callback_ctx=search_ctx)
+    search_ctx.call_on_fit_task_end(estimator=search)
+
+
 class FixedSplits:
     """A splitter yielding the search's splits, computed once."""
 
@@ -309,8 +325,8 @@ class Evaluation(BaseSearchCV):
         self.splits = splits
         self.outer_losses = outer_losses
 
-    def _run_search(self, evaluate_candidates):
-        evaluate_candidates(self.candidates)
+    def _run_search(self, evaluate_candidates, *, callback_ctx=None):
+        search_candidates(self, evaluate_candidates, self.candidates, callback_ctx)
 
     def _select_best_index(self, refit, refit_metric, results):
         best = BaseSearchCV._select_best_index(refit, refit_metric, results)

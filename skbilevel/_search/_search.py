@@ -32,10 +32,11 @@ from ..utils._sklearn import (
     _check_sample_weight,
     _fit_context,
     _yields_constant_splits,
+    callbacks_of,
     routed_fit_params,
 )
 from ..utils._threads import one_blas_thread
-from ._evaluate import Evaluation, FoldSolutions, LearnedSettings
+from ._evaluate import Evaluation, FoldSolutions, LearnedSettings, search_candidates
 from ._parse import parse_space
 from ._run import run
 from ._settings import run_settings
@@ -526,6 +527,9 @@ class BilevelSearchCV(BaseSearchCV):
             return_train_score=self.return_train_score,
         )
         fit_params = {k: v for k, v in params.items() if k != "groups"}
+        callbacks = callbacks_of(self)
+        if callbacks:
+            evaluation.set_callbacks(*callbacks)
         with one_blas_thread(X):
             evaluation.fit(X, y, sample_index=np.arange(len(y)), **fit_params)
         self._take_results(evaluation)
@@ -554,12 +558,12 @@ class BilevelSearchCV(BaseSearchCV):
             if names is not None:
                 self.feature_names_in_ = names
 
-    def _run_search(self, evaluate_candidates):
+    def _run_search(self, evaluate_candidates, *, callback_ctx=None):
         # A space of discrete entries only: GridSearchCV's own search.
         grid = ParameterGrid(self._space())
         self.history_ = []
         self.n_iter_ = np.zeros(len(grid), dtype=int)
-        evaluate_candidates(grid)
+        search_candidates(self, evaluate_candidates, grid, callback_ctx)
 
 
 def _validated_weights(sample_weight, X):

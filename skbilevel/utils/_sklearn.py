@@ -16,6 +16,8 @@ with scikit-learn 1.6 to 1.9 (``MIN_VERSION`` to ``MAX_TESTED_VERSION``).
 - ``_safe_indexing``: rows of arrays, DataFrames and lists alike.
 - ``_num_samples``: the number of samples of any array-like.
 - ``_get_feature_names``: the feature names of X, as ``fit`` records them.
+- ``callbacks_of``: the callbacks of scikit-learn's callback API set on an
+  estimator, to pass on.
 - ``routed_fit_params``: ``BaseSearchCV._get_routed_params_for_fit``, the
   split of ``fit``'s parameters between estimator, splitter and scorer, with
   or without metadata routing.
@@ -44,6 +46,12 @@ MIN_VERSION = "1.6"
 MAX_TESTED_VERSION = "1.9.1"
 
 
+def callbacks_of(estimator):
+    """The callbacks set on ``estimator`` by scikit-learn's ``set_callbacks``
+    (none where the installed scikit-learn has no callback API)."""
+    return list(getattr(estimator, "_skl_callbacks", None) or [])
+
+
 def routed_fit_params(search, params):
     """``fit``'s parameters of a BaseSearchCV, routed as its own ``fit`` does."""
     return search._get_routed_params_for_fit(params)
@@ -66,6 +74,7 @@ __all__ = [
     "_safe_indexing",
     "_yields_constant_splits",
     "available_if",
+    "callbacks_of",
     "routed_fit_params",
     "validate_estimator_params",
     "validate_params",
