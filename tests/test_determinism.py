@@ -130,7 +130,7 @@ THREADING_CONTEXTS = {
     "parallel_backend": lambda: joblib.parallel_backend("threading", n_jobs=2),
     "parallel_config": lambda: joblib.parallel_config(backend="threading", n_jobs=2),
 }
-# The ways users pick loky with more than one worker; each fails today (below).
+# The ways users pick loky with more than one worker.
 LOKY_CONTEXTS = {
     "parallel_backend": (lambda: joblib.parallel_backend("loky"), None),
     "parallel_config_n_jobs": (
@@ -168,15 +168,12 @@ def test_loky_context_with_one_job(case, reference):
     _assert_same_search(search, expected, case)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: runs' Parallel inside BaseSearchCV's open Parallel context",
-)
 @pytest.mark.parametrize("context", sorted(LOKY_CONTEXTS))
 @pytest.mark.parametrize("case", CONTINUOUS)
 def test_loky_context_does_not_change_the_search(case, context, reference):
-    # Today: AttributeError: 'NoneType' object has no attribute 'terminate'
-    # (or 'submit'), from joblib, for every search with a continuous entry.
+    # Issue 11: the runs' own Parallel call, made inside the Parallel context
+    # that BaseSearchCV.fit holds open, terminated the shared loky backend
+    # (AttributeError: 'NoneType' object has no attribute 'terminate').
     expected = reference(case)
     make_context, n_jobs = LOKY_CONTEXTS[context]
     with make_context():
