@@ -151,6 +151,22 @@ def test_trajectory_overlays_a_grid_search(ridge_search, ridge_grid):
         np.testing.assert_allclose(markers.get_offsets(), expected)
 
 
+def test_trajectory_marks_only_scored_settings_of_refitted_runs():
+    # A torch MLP's run is refitted at its learned setting only: that setting
+    # is its one row of cv_results_, and the one marker on the grid panel.
+    X, y = make_classification(n_samples=40, n_features=5, random_state=0)
+    mlp = TorchMLPClassifier((4,), solver="sgd", max_iter=5, random_state=0)
+    space = {"learning_rate": Real(1e-3, 1.0, init=0.05)}
+    search = BilevelSearchCV(mlp, space, cv=2, max_iter=2).fit(X, y)
+    grid = GridSearchCV(mlp, {"learning_rate": [0.01, 0.1]}, cv=2).fit(X, y)
+    display = SearchTrajectoryDisplay.from_estimator(search, grid_search=grid)
+    (markers,) = display.visited_
+    learned = search.cv_results_["params"][0]["learning_rate"]
+    score = search.cv_results_["mean_test_score"][0]
+    np.testing.assert_allclose(markers.get_offsets(), [[learned, score]])
+    assert len(display.loss_lines_[0].get_xdata()) == len(search.history_)
+
+
 def test_trajectory_refuses_what_it_cannot_draw(diabetes, ridge_search, ridge_grid):
     with pytest.raises(NotFittedError):
         SearchTrajectoryDisplay.from_estimator(
@@ -247,6 +263,13 @@ def test_per_feature_penalties_scalar_from_a_search(penalty_search, ridge_grid):
     np.testing.assert_array_equal(display.line_.get_xdata(), np.arange(10))
     assert display.scalar == ridge_grid.best_params_["alpha"]
     assert display.ax_.get_xlabel() in ("feature", "feature index")
+
+
+def test_per_feature_penalties_default_to_the_feature_names(penalty_search, diabetes):
+    display = PerFeaturePenaltyDisplay.from_estimator(penalty_search)
+    ticks = [label.get_text() for label in display.ax_.get_xticklabels()]
+    assert ticks == list(diabetes[0].columns)
+    assert display.ax_.get_xlabel() == "feature"
 
 
 def test_per_feature_penalties_refuse_bad_input(penalty_search, ridge_search):
