@@ -2,16 +2,15 @@
 
 scikit-learn's ``sklearn/model_selection/tests/test_search.py`` (shipped with
 the installed wheel) is executed as a private copy in which the name
-``GridSearchCV`` is bound to :func:`grid_search_cv`, a factory that builds a
-plain :class:`~skbilevel.BilevelSearchCV` and maps GridSearchCV's
-``param_grid`` (positional or keyword) to ``param_space``. Its test functions
+``GridSearchCV`` is bound to :class:`~skbilevel.BilevelSearchCV` itself (which
+takes GridSearchCV's ``param_grid`` positionally or by keyword). Its test functions
 are re-exported here, so pytest collects them with their own parametrizations,
 restricted to GridSearchCV: parameter sets that pass RandomizedSearchCV or the
 halving searches are dropped, and tests that never use GridSearchCV are not
 collected.
 
 Every test must pass, except those listed in ``DELIBERATE`` (differences
-BilevelSearchCV makes on purpose, or that only the adapter causes) and
+BilevelSearchCV makes on purpose) and
 ``BUGS`` (defects of BilevelSearchCV, strict xfails: they must start passing
 when fixed). Keys are test names as pytest prints them after ``::``; a key
 without ``[...]`` covers every parametrization of that test.
@@ -45,14 +44,7 @@ _OTHER_SEARCHES = (RandomizedSearchCV, HalvingGridSearchCV, HalvingRandomSearchC
 _DROPPED_MARKS = {"thread_unsafe"}  # scikit-learn's own marker, unknown here
 
 
-def grid_search_cv(estimator, param_grid=None, **kwargs):
-    """GridSearchCV's signature, building a BilevelSearchCV."""
-    if param_grid is not None:
-        kwargs["param_space"] = param_grid
-    return BilevelSearchCV(estimator, **kwargs)
-
-
-_GRID = (grid_search_cv, BilevelSearchCV)
+_GRID = (BilevelSearchCV,)
 
 # scikit-learn's tests run under its own warning rules (warnings shown, some
 # kinds errors), not this project's "every warning is an error". Marks listed
@@ -67,9 +59,9 @@ def _load_sklearn_tests():
     spec = importlib.util.spec_from_file_location(_MODULE_NAME, _SOURCE)
     module = importlib.util.module_from_spec(spec)
     original = sklearn.model_selection.GridSearchCV
-    # The copy's `from sklearn.model_selection import GridSearchCV` must see the
-    # adapter while it runs: parametrize lists capture the name at import.
-    sklearn.model_selection.GridSearchCV = grid_search_cv
+    # The copy's `from sklearn.model_selection import GridSearchCV` must see
+    # BilevelSearchCV while it runs: parametrize lists capture the name at import.
+    sklearn.model_selection.GridSearchCV = BilevelSearchCV
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", pytest.PytestUnknownMarkWarning)
@@ -151,18 +143,9 @@ DELIBERATE = {
     ),
 }
 
-_CALLBACKS_BUG = (
-    "bug: scikit-learn's callback API: with a discrete-only grid, set_callbacks "
-    "sees only the 'fit' and 'refit-with-best-params' tasks, never 'search' or "
-    "'candidate-split-evaluation' (2 on_fit_task_begin calls where GridSearchCV "
-    "makes 9 for 3 candidates x 2 splits)"
-)
-BUGS = {
-    "test_search_callbacks_no_propagation": _CALLBACKS_BUG,
-    "test_search_callbacks_propagation": _CALLBACKS_BUG,
-    "test_search_callbacks_receive_sample_weight": _CALLBACKS_BUG,
-    "test_search_callbacks_with_partial_fit_failures": _CALLBACKS_BUG,
-}
+# None open: the callback API (every test_search_callbacks_* test) was one,
+# fixed in ef5ec00.
+BUGS = {}
 
 
 @pytest.fixture(autouse=True)
