@@ -6,11 +6,23 @@ import pandas as pd
 import pytest
 import sklearn
 from scipy.stats import loguniform
-from sklearn.datasets import make_classification, make_regression
+from sklearn.base import clone
+from sklearn.datasets import (
+    load_breast_cancer,
+    load_diabetes,
+    make_classification,
+    make_regression,
+)
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import make_scorer
-from sklearn.model_selection import GroupKFold, KFold, ShuffleSplit, StratifiedKFold
+from sklearn.model_selection import (
+    GroupKFold,
+    KFold,
+    ShuffleSplit,
+    StratifiedKFold,
+    cross_val_score,
+)
 
 from skbilevel import BilevelSearchCV, PerFeature, Real, SampleWeight
 from skbilevel._search import _objective
@@ -244,3 +256,71 @@ def test_callbacks_see_every_evaluation_of_a_continuous_search():
     n_rows = len(search.cv_results_["params"])
     assert callback.count_hooks("on_fit_task_begin") == 3 + 2 * n_rows
     assert callback.count_hooks("on_fit_task_end") == 3 + 2 * n_rows
+
+
+def _cv_loss(estimator, X, y, cv, scoring):
+    return -cross_val_score(estimator, X, y, cv=cv, scoring=scoring).mean()
+
+
+def _datasets(kind):
+    if kind == "classification":
+        X, y = make_classification(
+            n_samples=150, n_features=10, n_informative=3, flip_y=0.1, random_state=0
+        )
+        yield "binary", X, y
+        X, y = make_classification(
+            n_samples=150,
+            n_features=8,
+            n_informative=4,
+            n_classes=3,
+            flip_y=0.05,
+            random_state=1,
+        )
+        yield "three classes", X, y
+        X, y = load_breast_cancer(return_X_y=True)
+        yield "breast_cancer", (X - X.mean(0)) / X.std(0), y
+    else:
+        X, y = make_regression(n_samples=80, n_features=30, noise=40.0, random_state=0)
+        yield "wide regression", X, y
+        X, y = load_diabetes(return_X_y=True)
+        yield "diabetes", X, y
+
+
+@pytest.mark.parametrize(
+    "kind, estimator, key, grid, scoring",
+    [
+        (
+            "classification",
+            LogisticRegression(solver="newton-cholesky", tol=1e-10, max_iter=1000),
+            "C",
+            np.logspace(-3, 2, 60),
+            "neg_log_loss",
+        ),
+        (
+            "regression",
+            Ridge(),
+            "alpha",
+            np.logspace(-3, 4, 100),
+            "neg_mean_squared_error",
+        ),
+    ],
+)
+def test_returned_setting_is_at_the_fine_grid_optimum(
+    kind, estimator, key, grid, scoring
+):
+    """The returned setting's cross-validation loss, by scikit-learn's own fits
+    at a tight tolerance, is within 0.1% of the optimum of a fine 1-D grid."""
+    for name, X, y in _datasets(kind):
+        cv = KFold(3, shuffle=True, random_state=0)
+        losses = [
+            _cv_loss(clone(estimator).set_params(**{key: v}), X, y, cv, scoring)
+            for v in grid
+        ]
+        assert 0 < int(np.argmin(losses)) < len(grid) - 1, name  # inside the grid
+        search = BilevelSearchCV(
+            estimator, {key: Real(grid[0], grid[-1], init=1.0)}, cv=cv, scoring=scoring
+        ).fit(X, y)
+        found = _cv_loss(
+            clone(estimator).set_params(**search.best_params_), X, y, cv, scoring
+        )
+        assert found <= min(losses) * (1 + 1e-3), (name, found, min(losses))
