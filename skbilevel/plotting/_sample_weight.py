@@ -150,29 +150,27 @@ class SampleWeightDisplay:
         hist_ax.legend()
         self.line_, self.best_ = None, None
         if with_mask:
-            pr_ax = self.ax_[1]
-            (self.line_,) = pr_ax.plot(
-                self.recall, self.precision, drawstyle="steps-post"
-            )
-            best = np.argmax(_f1(self.precision[:-1], self.recall[:-1]))
-            self.best_ = pr_ax.scatter(
-                self.recall[best],
-                self.precision[best],
-                color="black",
-                zorder=3,
-                label=(
-                    f"best F1 {self.best_f1:.2f}: weight <= {self.best_threshold:.3g}"
-                ),
-            )
-            pr_ax.set(
-                xlabel=f"recall of {self.mask_names[1]}",
-                ylabel=f"precision of {self.mask_names[1]}",
-                xlim=(-0.02, 1.02),
-                ylim=(-0.02, 1.02),
-                title="Flagging by low weight",
-            )
-            pr_ax.legend(loc="lower left")
+            self._plot_flagging(self.ax_[1])
         return self
+
+    def _plot_flagging(self, pr_ax):
+        (self.line_,) = pr_ax.plot(self.recall, self.precision, drawstyle="steps-post")
+        best = np.argmax(_f1(self.precision[:-1], self.recall[:-1]))
+        self.best_ = pr_ax.scatter(
+            self.recall[best],
+            self.precision[best],
+            color="black",
+            zorder=3,
+            label=(f"best F1 {self.best_f1:.2f}: weight <= {self.best_threshold:.3g}"),
+        )
+        pr_ax.set(
+            xlabel=f"recall of {self.mask_names[1]}",
+            ylabel=f"precision of {self.mask_names[1]}",
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+            title="Flagging by low weight",
+        )
+        pr_ax.legend(loc="lower left")
 
     @classmethod
     def from_weights(

@@ -1,7 +1,5 @@
 """SearchTrajectoryDisplay: the outer optimization of a BilevelSearchCV."""
 
-from collections.abc import Mapping
-
 import numpy as np
 from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 from sklearn.utils.validation import check_is_fitted
@@ -39,7 +37,8 @@ class SearchTrajectoryDisplay:
         Name of each run, in the legend.
 
     log_params : list of str, default=None
-        Hyperparameters drawn on a log scale.
+        Hyperparameters drawn on a log scale (:meth:`from_estimator` takes
+        those whose values span a decade or more).
 
     grid_param : str, default=None
         Hyperparameter of the grid-search panel; ``None`` draws no such panel.
@@ -172,7 +171,7 @@ class SearchTrajectoryDisplay:
                 param_ax.set_yscale("log")
         self.grid_lines_, self.visited_ = None, None
         if grid:
-            self._plot_grid(self.ax_[-1], self.grid_param in log)
+            self._plot_grid(self.ax_[-1], _spans_decades(self.grid_values))
         return self
 
     def _plot_grid(self, grid_ax, log):
@@ -247,15 +246,18 @@ class SearchTrajectoryDisplay:
         grid = {}
         if grid_search is not None:
             grid = _grid_curves(search, runs, grid_search, keys, param_name, caller)
+        params = {
+            key: [np.array([e["params"][key] for e in run]) for run in runs]
+            for key in keys
+        }
         display = cls(
             steps=[np.array([e["step"] for e in run]) for run in runs],
             outer_losses=[np.array([e["outer_loss"] for e in run]) for run in runs],
-            params={
-                key: [np.array([e["params"][key] for e in run]) for run in runs]
-                for key in keys
-            },
+            params=params,
             run_names=_run_names(search, runs),
-            log_params=[key for key in keys if _is_log(search, key)],
+            log_params=[
+                key for key, values in params.items() if _spans_decades(values)
+            ],
             **grid,
         )
         return display.plot(ax=ax)
@@ -289,11 +291,10 @@ def _run_names(search, runs):
     return names
 
 
-def _is_log(search, key):
-    """Whether the spec of ``key`` lives in log space (floats and tuples do)."""
-    spaces = search.param_space
-    spaces = [spaces] if isinstance(spaces, Mapping) else spaces
-    return all(getattr(s[key], "log", True) for s in spaces if key in s)
+def _spans_decades(runs):
+    """Whether positive values span a decade or more: a log scale shows them."""
+    values = np.concatenate(runs)
+    return values.min() > 0 and values.max() >= 10 * values.min()
 
 
 def _mean_test_key(fitted):
