@@ -27,7 +27,7 @@ setup(
         "scipy>=1.9",
         "scikit-learn>=1.6",
         "torch>=2.1",
-        "joblib>=1.2",
+        "joblib>=1.3",
         "threadpoolctl>=3.1",
         "tqdm>=4.60",
     ],

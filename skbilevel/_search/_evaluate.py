@@ -329,7 +329,7 @@ class Evaluation(BaseSearchCV):
         search_candidates(self, evaluate_candidates, self.candidates, callback_ctx)
 
     def _select_best_index(self, refit, refit_metric, results):
-        best = BaseSearchCV._select_best_index(refit, refit_metric, results)
+        best = super()._select_best_index(refit, refit_metric, results)
         if callable(refit):
             return best
         scores = np.asarray(results[f"mean_test_{refit_metric}"], dtype=float)
