@@ -20,6 +20,7 @@ from skbilevel.hypergrad import (
     heavy_ball,
     implicit_cg,
     implicit_fixed_point,
+    implicit_forward,
     reverse,
     truncated_reverse,
     unroll,
@@ -91,7 +92,9 @@ def _relative_error(result, reference):
     return float(np.sqrt(num / den))
 
 
-@pytest.mark.parametrize("method", [implicit_cg, implicit_fixed_point])
+@pytest.mark.parametrize(
+    "method", [implicit_cg, implicit_fixed_point, implicit_forward]
+)
 def test_implicit_matches_ridge_closed_form(ridge, method):
     X, y, X_val, y_val, inner, outer, hparams = ridge
     dynamics = gradient_descent(inner, learning_rate=1.0 / _lipschitz(X))
@@ -296,7 +299,7 @@ def test_implicit_warns_when_inner_problem_is_not_solved(ridge):
         implicit_cg(w0, hparams, 5, dynamics, outer)
 
 
-@pytest.mark.parametrize("method", [reverse, forward, implicit_cg])
+@pytest.mark.parametrize("method", [reverse, forward, implicit_cg, implicit_forward])
 def test_divergence_is_reported_not_returned(ridge, method):
     X, y, X_val, y_val, inner, outer, hparams = ridge
     dynamics = gradient_descent(inner, learning_rate=100.0)
@@ -519,3 +522,27 @@ def test_batched_conjugate_gradient_solves_each_fold_to_its_tol(preconditioned, 
         matvec, {"w": b}, tol=1e-14, max_iter=2, batched=True
     )
     assert not converged and n_products == 2
+
+
+def test_implicit_forward_tangents_are_the_solution_jacobian(ridge):
+    """Each tangent column is dw*/dlambda_j: central differences of the
+    closed-form inner solution."""
+    X, y, X_val, y_val, inner, outer, hparams = ridge
+
+    def solution(h):
+        weights = h["weights"] / X.shape[0]
+        gram = X.T @ (weights[:, None] * X) + torch.diag(h["log_alpha"].exp())
+        return torch.linalg.solve(gram, X.T @ (weights * y))
+
+    dynamics = gradient_descent(inner, learning_rate=1.0 / _lipschitz(X))
+    w0 = {"coef": solution(hparams)}
+    result = implicit_forward(w0, hparams, 0, dynamics, outer, cg_tol=1e-12)
+    step = 1e-5
+    for name, value in hparams.items():
+        for j in range(value.numel()):
+            up, down = ({k: v.clone() for k, v in hparams.items()} for _ in range(2))
+            up[name].view(-1)[j] += step
+            down[name].view(-1)[j] -= step
+            difference = (solution(up) - solution(down)) / (2 * step)
+            column = result.tangent[name][j]["coef"]
+            torch.testing.assert_close(column, difference, rtol=1e-6, atol=1e-9)

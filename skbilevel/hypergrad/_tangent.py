@@ -10,6 +10,7 @@ but its columns also predict the solution at a nearby next point,
 """
 
 import warnings
+from functools import partial
 
 import torch
 from sklearn.exceptions import ConvergenceWarning
@@ -61,8 +62,8 @@ def implicit_forward(
     outer_loss,
     *,
     tol=None,
-    max_iter=500,
-    cg_tol=1e-4,
+    max_iter=100,
+    cg_tol=None,
     hessian_vector=None,
     preconditioner=None,
     fast_hessian_vector=None,
@@ -80,10 +81,11 @@ def implicit_forward(
     tol : float, default=None
         Gradient-norm tolerance of the inner solve; ``None`` means the square
         root of the machine epsilon of the parameters' dtype.
-    max_iter : int, default=500
+    max_iter : int, default=100
         Maximum conjugate-gradient iterations per column.
-    cg_tol : float, default=1e-4
-        Relative residual of each column's solve.
+    cg_tol : float, default=None
+        Relative residual of each column's solve; ``None`` means the square
+        root of the machine epsilon.
     hessian_vector : callable, default=None
         ``hessian_vector(v) -> H v`` at the solution; by default double
         back-propagation through ``dynamics.inner_loss``.
@@ -120,7 +122,7 @@ def implicit_forward(
     >>> outer = lambda w, h: 0.5 * ((w["x"] - 2.0) ** 2).sum()
     >>> dyn = gradient_descent(inner, learning_rate=0.5)
     >>> res = implicit_forward({"x": torch.zeros(1)}, {"c": torch.ones(1)}, 100,
-    ...                        dyn, outer, cg_tol=1e-10)
+    ...                        dyn, outer)
     >>> round(float(res.grad["c"]), 3)
     -1.0
     """
@@ -145,34 +147,42 @@ def implicit_forward(
                 retain_graph=True,
             )
 
-    precondition = preconditioner or (lambda v: v)
+    if cg_tol is None:
+        cg_tol = torch.finfo(value.dtype).eps ** 0.5
+    solve = partial(
+        _column,
+        hessian_vector,
+        fast_hessian_vector,
+        precondition=preconditioner or (lambda v: v),
+        tol=cg_tol,
+        max_iter=max_iter,
+        batched=batched,
+    )
     grad, tangent = {}, {}
-    for name, partial in inner_h.items():
-        columns, entries = [], []
-        for j, entry in enumerate(partial.reshape(-1)):
-            with torch.enable_grad():
-                mixed = _grad(entry, w, retain_graph=True)
-            rhs = {k: -m.detach() for k, m in mixed.items()}
-            start = None if init is None or name not in init else init[name][j]
-            column = _column(
-                hessian_vector,
-                fast_hessian_vector,
-                rhs,
-                precondition,
-                start,
-                cg_tol,
-                max_iter,
-                batched,
-            )
-            columns.append(column)
-            dot = sum((direct_w[k].detach() * column[k]).sum() for k in column)
-            entries.append(dot + direct_h[name].reshape(-1)[j].detach())
-        grad[name] = torch.stack(entries).reshape(partial.shape)
-        tangent[name] = columns
+    for name, partial_h in inner_h.items():
+        starts = None if init is None else init.get(name)
+        tangent[name] = _columns(partial_h, w, solve, starts)
+        entries = [
+            sum((direct_w[k].detach() * column[k]).sum() for k in column) + own
+            for column, own in zip(tangent[name], direct_h[name].reshape(-1))
+        ]
+        grad[name] = torch.stack(entries).reshape(partial_h.shape).detach()
     return Hypergradient(value.detach(), grad, _detached(w), tangent=tangent)
 
 
-def _column(hessian_vector, fast, rhs, precondition, start, tol, max_iter, batched):
+def _columns(partial_h, w, solve, starts):
+    """The columns ``dw*/dlambda_j`` of one hyperparameter, whose inner
+    gradient ``dL/dlambda`` is ``partial_h`` (with a graph to ``w``)."""
+    columns = []
+    for j, entry in enumerate(partial_h.reshape(-1)):
+        with torch.enable_grad():
+            mixed = _grad(entry, w, retain_graph=True)
+        rhs = {k: -m.detach() for k, m in mixed.items()}
+        columns.append(solve(rhs, start=None if starts is None else starts[j]))
+    return columns
+
+
+def _column(hessian_vector, fast, rhs, *, start, precondition, tol, max_iter, batched):
     """One tangent column: a first pass with ``fast`` products, if given, then
     the exact products from its solution."""
     if fast is not None:
