@@ -215,7 +215,10 @@ class PerFeature(_Bounded):
 
     def express(self, key, value, estimator, fit_params):
         """A fixed rescaling step in front of the estimator, whose own penalty
-        is set to 1 (:func:`with_feature_penalties`)."""
+        is set to 1 (:func:`with_feature_penalties`); a scalar (a discrete
+        value of the same key in another subspace) is the parameter itself."""
+        if np.ndim(value) == 0:
+            return super().express(key, value, estimator, fit_params)
         return with_feature_penalties(estimator, key, value), fit_params
 
     def __repr__(self):

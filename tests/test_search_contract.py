@@ -324,3 +324,13 @@ def test_returned_setting_is_at_the_fine_grid_optimum(
             clone(estimator).set_params(**search.best_params_), X, y, cv, scoring
         )
         assert found <= min(losses) * (1 + 1e-3), (name, found, min(losses))
+
+
+def test_discrete_values_of_a_per_feature_key_stay_plain():
+    """A scalar value of a key learned PerFeature in another subspace is the
+    estimator's own parameter, refitted as a plain estimator."""
+    X, y = make_regression(n_samples=60, n_features=4, noise=5.0, random_state=0)
+    space = [{"alpha": PerFeature(1e2, 1e3)}, {"alpha": [1e-3]}]
+    search = BilevelSearchCV(Ridge(), space, cv=3, max_iter=2).fit(X, y)
+    assert search.best_params_ == {"alpha": 1e-3}
+    assert type(search.best_estimator_) is Ridge

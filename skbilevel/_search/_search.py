@@ -409,8 +409,6 @@ class BilevelSearchCV(BaseSearchCV):
             # A Pipeline's first step validates what it takes (text, frames).
             check_array(X, accept_sparse="csr", dtype="numeric", input_name="X")
         y = check_array(y, ensure_2d=False, dtype=None, input_name="y")
-        if y.dtype.kind in "fc":
-            check_array(y, ensure_2d=False, input_name="y")
         if y.ndim == 2 and y.shape[1] == 1 and is_classifier(self.estimator):
             warnings.warn(
                 "A column-vector y was passed when a 1d array was expected. "
