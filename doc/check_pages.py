@@ -11,7 +11,10 @@ entry of a ``toctree`` directive (and of an ``autosummary`` with a
 have its ``.html`` file, its first heading must be the title Sphinx recorded
 for it (a page overwritten by another one, as ``search.html`` by Sphinx's own
 search page, has another title), and its main content must hold text besides
-that heading. Exit status 1 and one line per failing page otherwise.
+that heading. A cross-reference (``:ref:``) may not lead to Sphinx's search
+page: ``search`` is Sphinx's own label, so a ``:ref:`... <search>``` meant
+for a user-guide page opens an empty search box. Exit status 1 and one line
+per failing page otherwise.
 """
 
 import argparse
@@ -22,6 +25,9 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+_SEARCH_PAGE_REF = re.compile(
+    r'href="((?:\.\./)*search\.html[^"]*)"[^>]*>\s*<span class="std std-ref">'
+)
 _DIRECTIVE = re.compile(r"^(\s*)\.\. (toctree|autosummary|currentmodule|module)::(.*)$")
 
 
@@ -162,6 +168,15 @@ def check(build):
         if problem is not None:
             where = f" (in the toctree of {named[docname]})" if docname in named else ""
             failures.append(f"{docname}.html{where}: {problem}")
+    for docname in sorted(titles):
+        path = build / f"{docname}.html"
+        if not path.is_file():
+            continue
+        for href in _SEARCH_PAGE_REF.findall(path.read_text(encoding="utf-8")):
+            failures.append(
+                f"{docname}.html: a cross-reference leads to Sphinx's search page "
+                f"({href}); the label 'search' is Sphinx's own"
+            )
     return failures
 
 
@@ -173,7 +188,7 @@ def main(argv=None):
     for failure in failures:
         print(failure, file=sys.stderr)
     if failures:
-        print(f"{len(failures)} page(s) missing or empty.", file=sys.stderr)
+        print(f"{len(failures)} problem(s) in the built pages.", file=sys.stderr)
         return 1
     print("Every page of the toctrees is in the HTML, with its title and text.")
     return 0
