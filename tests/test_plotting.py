@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_diabetes, load_digits, make_classification
 from sklearn.exceptions import NotFittedError
+from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.metrics import precision_recall_curve
 from sklearn.model_selection import GridSearchCV
@@ -128,6 +129,25 @@ def test_trajectory_names_restarts():
     ).fit(X[:60], y[:60])
     display = SearchTrajectoryDisplay.from_estimator(search)
     assert _legend(display.ax_[0]) == ["restart 1", "restart 2"]
+
+
+def test_trajectory_of_subspaces_learning_different_hyperparameters():
+    X, y = load_diabetes(return_X_y=True)
+    space = [
+        {"kernel": ["rbf"], "alpha": Real(1e-2, 1e2), "gamma": Real(1e-2, 1e2)},
+        {"kernel": ["linear"], "alpha": Real(1e-2, 1e2)},
+    ]
+    search = BilevelSearchCV(KernelRidge(), space, cv=2, max_iter=2)
+    display = SearchTrajectoryDisplay.from_estimator(search.fit(X[:60], y[:60]))
+    assert list(display.params) == ["alpha", "gamma"]
+    assert _legend(display.ax_[0]) == ["kernel='rbf'", "kernel='linear'"]
+    rbf, linear = _runs(search.history_)
+    gamma_rbf, gamma_linear = display.param_lines_["gamma"]
+    np.testing.assert_allclose(
+        gamma_rbf.get_ydata(), [e["params"]["gamma"] for e in rbf]
+    )
+    assert np.isnan(gamma_linear.get_ydata()).all()
+    assert len(gamma_linear.get_xdata()) == len(linear)
 
 
 def test_trajectory_overlays_a_grid_search(ridge_search, ridge_grid):

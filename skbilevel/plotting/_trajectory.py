@@ -31,7 +31,8 @@ class SearchTrajectoryDisplay:
         Validation loss at each outer step of each run.
 
     params : dict of str to list of ndarray
-        Value of each scalar hyperparameter at each outer step of each run.
+        Value of each scalar hyperparameter at each outer step of each run
+        (NaN in the runs that do not learn it).
 
     run_names : list of str
         Name of each run, in the legend.
@@ -238,16 +239,24 @@ class SearchTrajectoryDisplay:
                 "one searched lists of values only (its history_ is empty)."
             )
         runs = _split_runs(search.history_)
-        keys = [
-            key
-            for key, value in search.history_[0]["params"].items()
-            if np.ndim(value) == 0
-        ]
+        # The scalar hyperparameters of every run, in order of appearance (a
+        # list of subspaces may learn different ones).
+        keys = list(
+            dict.fromkeys(
+                key
+                for entry in search.history_
+                for key, value in entry["params"].items()
+                if np.ndim(value) == 0
+            )
+        )
         grid = {}
         if grid_search is not None:
             grid = _grid_curves(search, runs, grid_search, keys, param_name, caller)
         params = {
-            key: [np.array([e["params"][key] for e in run]) for run in runs]
+            key: [
+                np.array([e["params"].get(key, np.nan) for e in run], dtype=float)
+                for run in runs
+            ]
             for key in keys
         }
         display = cls(
@@ -294,6 +303,7 @@ def _run_names(search, runs):
 def _spans_decades(runs):
     """Whether positive values span a decade or more: a log scale shows them."""
     values = np.concatenate(runs)
+    values = values[~np.isnan(values)]
     return values.min() > 0 and values.max() >= 10 * values.min()
 
 
@@ -336,7 +346,10 @@ def _grid_curves(search, runs, grid_search, keys, param_name, caller):
             [
                 (entry["params"][key], search_scores[entry["candidate"]])
                 for entry in run
-                if np.isclose(candidates[entry["candidate"]][key], entry["params"][key])
+                if key in entry["params"]
+                and np.isclose(
+                    candidates[entry["candidate"]][key], entry["params"][key]
+                )
             ]
         ).reshape(-1, 2)
         for run in runs
