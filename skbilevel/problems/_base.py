@@ -7,6 +7,7 @@ a leading fold dimension. The inner loss is the sum of the K fold losses, so
 its minimizer is the K fold minimizers side by side.
 """
 
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,6 +19,7 @@ from torch import Tensor
 from ..utils import to_numpy, to_tensor
 
 Params = dict[str, Tensor]
+_WEIGHTED = "sample_weight" in inspect.signature(compute_class_weight).parameters
 
 
 class FoldData(NamedTuple):
@@ -99,11 +101,11 @@ def class_weights(class_weight, y_codes, n_classes, data: FoldData) -> np.ndarra
     sample_weight = to_numpy(data.sample_weight)
     weights = np.empty((n_folds, n))
     for k in range(n_folds):
+        # scikit-learn weighs "balanced" by the fit's sample weights since
+        # 1.7, as its estimators' fits do; before, by counts alone.
+        weighted = {"sample_weight": sample_weight[train[k]]} if _WEIGHTED else {}
         per_class = compute_class_weight(
-            class_weight,
-            classes=np.arange(n_classes),
-            y=y_codes[train[k]],
-            sample_weight=sample_weight[train[k]],
+            class_weight, classes=np.arange(n_classes), y=y_codes[train[k]], **weighted
         )
         weights[k] = per_class[y_codes]
     return weights
