@@ -57,7 +57,7 @@ class BilevelSearchCV(BaseSearchCV):
     ``cv_results_``, ``refit``, ``scoring`` and the ``best_*`` attributes mean
     what they mean in GridSearchCV.
 
-    Read more in the :ref:`User Guide <search>`.
+    Read more in the :ref:`User Guide <bilevel_search>`.
 
     Parameters
     ----------
