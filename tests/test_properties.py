@@ -19,10 +19,12 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, note, reject, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from sklearn.base import clone, is_classifier
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skbilevel import BilevelSearchCV, PerFeature, Real, SampleWeight
 from skbilevel.neural_network import TorchMLPClassifier, TorchMLPRegressor
@@ -116,12 +118,12 @@ MLP_SPACES = {
 }
 
 
-def _fit_or_reject(estimator, X, y):
+def _fit_or_reject(estimator, X, y, **fit_params):
     """Fit; a documented error ends the draw, anything else fails the test."""
     try:
-        return estimator.fit(X, y)
+        return estimator.fit(X, y, **fit_params)
     except DOCUMENTED_ERRORS as error:
-        note(f"documented error: {type(error).__name__}: {error}")
+        event(f"documented error: {type(error).__name__}: {str(error)[:120]}")
         reject()
 
 
@@ -184,8 +186,8 @@ def _check_best_params(search, space, n_samples, n_features, rtol=1e-9):
             assert np.all((value >= low * (1 - rtol)) & (value <= high * (1 + rtol)))
 
 
-def _check_round_trips(fitted, X, y, predictions):
-    refitted = clone(fitted).fit(X, y)
+def _check_round_trips(fitted, X, y, predictions, **fit_params):
+    refitted = clone(fitted).fit(X, y, **fit_params)
     np.testing.assert_array_equal(refitted.predict(X), predictions)
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.predict(X), predictions)
@@ -195,7 +197,7 @@ def _check_round_trips(fitted, X, y, predictions):
         )
 
 
-@settings(SETTINGS, max_examples=8)
+@settings(SETTINGS, max_examples=6)
 @given(data=st.data(), space_name=st.sampled_from(SPACE_NAMES))
 @pytest.mark.parametrize("estimator_name", sorted(LINEAR))
 def test_linear_search_properties(estimator_name, data, space_name):
@@ -210,7 +212,73 @@ def test_linear_search_properties(estimator_name, data, space_name):
     _check_round_trips(search, X, y, predictions)
 
 
-@settings(SETTINGS, max_examples=8)
+SCORINGS = {
+    "LogisticRegression": [None, "balanced_accuracy", "neg_log_loss", "multi"],
+    "Ridge": [None, "r2", "neg_mean_absolute_error", "multi"],
+    "RidgeClassifier": [None, "balanced_accuracy", "multi"],
+}
+
+
+def _scoring(name, classification):
+    if name != "multi":
+        return {"scoring": name}
+    metrics = (
+        ["accuracy", "balanced_accuracy"]
+        if classification
+        else ["r2", "neg_mean_squared_error"]
+    )
+    return {"scoring": metrics, "refit": metrics[1]}
+
+
+@settings(SETTINGS, max_examples=6)
+@given(
+    data=st.data(),
+    space_name=st.sampled_from(SPACE_NAMES),
+    pipeline=st.booleans(),
+    n_restarts=st.integers(1, 2),
+    weighted=st.booleans(),
+)
+@pytest.mark.parametrize("estimator_name", sorted(LINEAR))
+def test_linear_search_options_properties(
+    estimator_name, data, space_name, pipeline, n_restarts, weighted
+):
+    """Inside a Pipeline, with restarts, another or several scorings, and
+    sample_weight passed to fit."""
+    make, param, classification = LINEAR[estimator_name]
+    X, y = data.draw(problems(classification), label="problem")
+    scoring = data.draw(st.sampled_from(SCORINGS[estimator_name]), label="scoring")
+    estimator, prefix = make(), ""
+    if pipeline:
+        estimator = make_pipeline(StandardScaler(), estimator)
+        prefix = estimator.steps[-1][0] + "__"
+    space = {
+        (k if k == "sample_weight" else prefix + k): v
+        for k, v in _spaces(param)[space_name].items()
+    }
+    fit_params = {}
+    if weighted:
+        weights = np.random.RandomState(len(y)).uniform(0.5, 2.0, size=len(y))
+        # Into a Pipeline, GridSearchCV passes step__sample_weight; with
+        # continuous entries, BilevelSearchCV takes sample_weight (documented).
+        key = prefix + "sample_weight" if space_name == "list" else "sample_weight"
+        fit_params[key] = weights
+    search = BilevelSearchCV(
+        estimator,
+        space,
+        cv=2,
+        max_iter=3,
+        n_restarts=n_restarts,
+        random_state=0,
+        **_scoring(scoring, classification),
+    )
+    _fit_or_reject(search, X, y, **fit_params)
+    predictions = _check_predictions(search, X, y)
+    _check_features(search, X)
+    _check_best_params(search, space, len(y), X.shape[1])
+    _check_round_trips(search, X, y, predictions, **fit_params)
+
+
+@settings(SETTINGS, max_examples=6)
 @given(data=st.data(), seed=st.integers(0, 1000))
 @pytest.mark.parametrize("classification", [True, False], ids=["clf", "reg"])
 def test_mlp_properties(classification, data, seed):
