@@ -95,6 +95,12 @@ def test_importing_skbilevel_does_not_import_matplotlib():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_without_matplotlib_a_display_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match="SampleWeightDisplay.plot requires matpl"):
+        SampleWeightDisplay.from_weights([0.2, 0.9])
+
+
 def test_trajectory_draws_each_run_of_the_history(ridge_search):
     display = SearchTrajectoryDisplay.from_estimator(ridge_search)
     runs = _runs(ridge_search.history_)
