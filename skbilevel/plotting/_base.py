@@ -13,7 +13,7 @@ def import_pyplot(caller):
     except ImportError as error:
         raise ImportError(
             f"{caller} requires matplotlib. You can install matplotlib with "
-            "`pip install matplotlib` (or `pip install skbilevel[examples]`)."
+            "`pip install matplotlib`."
         ) from error
     return plt
 
