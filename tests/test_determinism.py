@@ -44,7 +44,8 @@ def _logreg_sample_weight():
 
 
 def _mlp_mixed():
-    mlp = TorchMLPClassifier((4,), max_iter=5, random_state=0)
+    # Shuffled mini-batches: the estimator's own random_state is in play too.
+    mlp = TorchMLPClassifier((4,), max_iter=5, batch_size=8, random_state=0)
     space = {"learning_rate": Real(1e-3, 1.0), "alpha": [1e-4, 1e-2]}
     return BilevelSearchCV(mlp, space, cv=2, max_iter=2, random_state=0)
 

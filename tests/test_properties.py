@@ -101,9 +101,19 @@ LINEAR = {
 SPACE_NAMES = sorted(_spaces("C"))
 
 
-def _mlp(classification, seed):
+def _mlp(classification, seed, **params):
     cls = TorchMLPClassifier if classification else TorchMLPRegressor
-    return cls(hidden_layer_sizes=(4,), max_iter=5, random_state=seed)
+    return cls(hidden_layer_sizes=(4,), max_iter=5, random_state=seed, **params)
+
+
+# Full batch or shuffled mini-batches, each solver.
+mlp_training = st.fixed_dictionaries(
+    {
+        "solver": st.sampled_from(["adam", "sgd"]),
+        "batch_size": st.sampled_from([None, 8]),
+        "activation": st.sampled_from(["relu", "tanh"]),
+    }
+)
 
 
 MLP_SPACES = {
@@ -279,25 +289,29 @@ def test_linear_search_options_properties(
 
 
 @settings(SETTINGS, max_examples=6)
-@given(data=st.data(), seed=st.integers(0, 1000))
+@given(data=st.data(), seed=st.integers(0, 1000), training=mlp_training)
 @pytest.mark.parametrize("classification", [True, False], ids=["clf", "reg"])
-def test_mlp_properties(classification, data, seed):
+def test_mlp_properties(classification, data, seed, training):
     X, y = data.draw(problems(classification), label="problem")
-    mlp = _fit_or_reject(_mlp(classification, seed), X, y)
+    mlp = _fit_or_reject(_mlp(classification, seed, **training), X, y)
     predictions = _check_predictions(mlp, X, y)
     _check_features(mlp, X)
     _check_round_trips(mlp, X, y, predictions)
 
 
 @settings(SETTINGS, max_examples=4)
-@given(data=st.data(), space_name=st.sampled_from(sorted(MLP_SPACES)))
+@given(
+    data=st.data(),
+    space_name=st.sampled_from(sorted(MLP_SPACES)),
+    training=mlp_training,
+)
 @pytest.mark.parametrize("classification", [True, False], ids=["clf", "reg"])
-def test_mlp_search_properties(classification, data, space_name):
+def test_mlp_search_properties(classification, data, space_name, training):
     X, y = data.draw(problems(classification), label="problem")
     space = MLP_SPACES[space_name]
-    mlp = _mlp(classification, 0)
     if space_name == "momentum_solver_sgd":
-        mlp.set_params(solver="sgd")
+        training = {**training, "solver": "sgd"}
+    mlp = _mlp(classification, 0, **training)
     search = BilevelSearchCV(mlp, space, cv=2, max_iter=2, random_state=0)
     _fit_or_reject(search, X, y)
     predictions = _check_predictions(search, X, y)
