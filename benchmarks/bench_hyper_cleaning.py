@@ -27,10 +27,11 @@ example is flagged as corrupted when its learned weight is below
 :func:`sklearn.metrics.precision_recall_curve`. Seconds and peak resident
 memory added cover the search's ``fit`` (refit included).
 
-``--part T``: the effect of T on the strongly convex problem (L2 strength
-``--alpha`` of the unrolled model, ``C = 1 / alpha`` for the logistic one,
-the same objective): the unrolled model's search for each T of ``--T``, and
-the logistic model's implicit differentiation as the limit T -> infinity.
+``--part T``: the effect of T on the strongly convex problem: the unrolled
+model with L2 strength ``--alpha`` (default 1, on the summed weighted loss:
+about 1e-4 per example) for each T of ``--T``, and, as the limit
+T -> infinity, the logistic model with ``C = 1 / alpha`` (the same L2
+strength on the summed loss) and implicit differentiation.
 
 Usage::
 
@@ -90,7 +91,7 @@ def load(path, n_train, n_val, n_test, seed):
 
 
 def logistic(C):
-    return LogisticRegression(C=C, max_iter=10_000, tol=1e-6)
+    return LogisticRegression(C=C, max_iter=5000)
 
 
 def unrolled(T, alpha, seed):
@@ -168,28 +169,30 @@ def clean_part(data):
 
 
 def protocol_rows(data, args, seed):
-    """Baselines, oracles and hyper-cleaned rows of one seed."""
+    """Baseline, oracle and hyper-cleaned rows of each model, one seed."""
     X, y, X_test, y_test = data["X_fit"], data["y_fit"], data["X_test"], data["y_test"]
     X_clean, y_clean = clean_part(data)
-    gd = unrolled(args.T[0], args.alpha, seed)
-    lbfgs = logistic(args.C)
-    rows = {
-        "baseline, lbfgs to convergence": fit_plain(lbfgs, X, y, X_test, y_test),
-        f"baseline, gradient descent T={args.T[0]}": fit_plain(
-            gd, X, y, X_test, y_test
+    models = {
+        "logistic": (
+            logistic(args.C),
+            "LogisticRegression, lbfgs to convergence",
+            "implicit",
+        ),
+        "unrolled": (
+            unrolled(args.T[0], args.alpha, seed),
+            f"softmax regression, gradient descent T={args.T[0]}",
+            "reverse",
         ),
     }
-    if "logistic" in args.models:
-        rows["oracle, lbfgs"] = fit_plain(lbfgs, X_clean, y_clean, X_test, y_test)
-        rows["hyper-cleaned, LogisticRegression (implicit)"] = fit_search(
-            search(lbfgs, args), data, args.threshold
+    rows = {}
+    for name in args.models:
+        estimator, training, method = models[name]
+        rows[f"baseline: {training}"] = fit_plain(estimator, X, y, X_test, y_test)
+        rows[f"oracle: {training}"] = fit_plain(
+            estimator, X_clean, y_clean, X_test, y_test
         )
-    if "unrolled" in args.models:
-        rows[f"oracle, gradient descent T={args.T[0]}"] = fit_plain(
-            gd, X_clean, y_clean, X_test, y_test
-        )
-        rows[f"hyper-cleaned, unrolled GD T={args.T[0]} (reverse)"] = fit_search(
-            search(gd, args), data, args.threshold
+        rows[f"hyper-cleaned: {training} ({method} hypergradient)"] = fit_search(
+            search(estimator, args), data, args.threshold
         )
     return rows
 
@@ -342,7 +345,7 @@ def parse():
         "10 50 200 1000)",
     )
     parser.add_argument("--C", type=float, default=1.0)
-    parser.add_argument("--alpha", type=float, default=1e-4)
+    parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--init", type=float, default=1.0)
     parser.add_argument("--budget", type=float, default=None)
     parser.add_argument("--outer-optimizer", choices=["lbfgs", "adam"], default=None)
