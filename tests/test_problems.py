@@ -251,11 +251,22 @@ def test_feature_scale_expresses_per_feature_penalties():
         (LogisticRegression(C=3.0, fit_intercept=False), True, 3),
         (SGDClassifier(loss="modified_huber", alpha=0.01), True, 3),
         (SGDRegressor(loss="huber", alpha=0.01), False, None),
+        (Ridge(alpha=2.0), False, None),
+        (RidgeClassifier(alpha=2.0), True, 3),
+        (SGDRegressor(loss="squared_error", alpha=0.01), False, None),
     ],
 )
-def test_curvature_is_the_exact_hessian(estimator, classifier, n_classes):
+@pytest.mark.parametrize("many_features", [False, True])
+def test_curvature_is_the_exact_hessian(
+    estimator, classifier, n_classes, many_features, monkeypatch
+):
     """Newton's Hessian products equal double back-propagation; the
-    preconditioner is symmetric positive definite."""
+    preconditioner is symmetric positive definite. With many features (the
+    Kronecker preconditioner; squared losses then take their products from
+    the Gram matrices) too."""
+    if many_features:
+        linear = importlib.import_module("skbilevel.problems._linear")
+        monkeypatch.setattr(linear, "BLOCK_FEATURES", 0)
     X, y = _classification(n_classes) if classifier else _regression()
     problem, params, hparams, _ = _solve(estimator, X, y, classifier=classifier)
     curvature = problem.curvature(params, hparams)

@@ -77,13 +77,16 @@ class PreconditionerCache:
     ``products``, the table of feature products behind the Gram matrices (the
     design does not change); ``grams``, the block-Jacobi Gram matrices of the
     last call that computed them; ``left``, the Kronecker preconditioner's left
-    factor (unless sample weights are learned); ``single``, the features in
-    single precision.
+    factor (unless sample weights are learned), which is also the Gram matrix
+    of a squared loss; ``ridge``, a squared loss's normal equations (their
+    matrices and right-hand sides, with fixed weights); ``single``, the
+    features in single precision.
     """
 
     products: Tensor | None = None
     grams: Tensor | None = None
     left: Tensor | None = None
+    ridge: tuple | None = None
     single: Tensor | None = None
 
 

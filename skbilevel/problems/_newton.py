@@ -25,22 +25,29 @@ REFRESH_PRODUCTS = 20
 FAST_FORCING = 1e-3
 
 
-def _ridge_solve(X, Y, weights, penalty, fit_intercept) -> Params:
+def _ridge_solve(X, Y, weights, penalty, fit_intercept, gram=None) -> Params:
     """Exact minimizer, per fold k, of the weighted ridge objective.
 
     ``sum_i w_ki ||Y_i - x_i W_k - b_k||^2 + sum_j p_kj ||W_kj||^2``, by the
-    normal equations (the intercept column unpenalized).
+    normal equations (the intercept column unpenalized); ``gram``, if given,
+    is ``(design^T diag(w_k) design, design^T diag(w_k) Y)`` per fold.
     """
-    n_folds = weights.shape[0]
-    design = with_intercept(X.expand(n_folds, *X.shape[-2:]), fit_intercept)
+    if gram is None:
+        gram = _ridge_system(X, Y, weights, fit_intercept)
     if fit_intercept:
         penalty = torch.cat([penalty, torch.zeros_like(penalty[..., :1])], dim=-1)
-    weighted = design * weights[..., None]
-    gram = weighted.transpose(1, 2) @ design + torch.diag_embed(penalty)
-    theta = torch.linalg.solve(gram, weighted.transpose(1, 2) @ Y)
+    factor = torch.linalg.cholesky(gram[0] + torch.diag_embed(penalty))
+    theta = torch.cholesky_solve(gram[1], factor)
     if fit_intercept:
         return {"coef": theta[:, :-1], "intercept": theta[:, -1]}
     return {"coef": theta}
+
+
+def _ridge_system(X, Y, weights, fit_intercept) -> tuple[Tensor, Tensor]:
+    """The Gram matrices and right-hand sides of the normal equations."""
+    design = with_intercept(X, fit_intercept)
+    weighted = weights[..., None] * design.expand(weights.shape[0], *design.shape[-2:])
+    return weighted.transpose(1, 2) @ design, weighted.transpose(1, 2) @ Y
 
 
 def _fold_gradients(loss, folds, params, hparams) -> tuple[Tensor, Params]:
@@ -143,11 +150,21 @@ def solve(
         hparams = {name: value.detach() for name, value in hparams.items()}
         if loss.ridge_targets is not None:
             penalty = loss.penalty(hparams) / loss.ridge_scale
+            weights = loss.weights(hparams)
+            system = None
+            if "sample_weight" not in hparams:
+                # Fixed weights: the normal equations' matrices, once per run.
+                if folds.cache.ridge is None:
+                    folds.cache.ridge = _ridge_system(
+                        folds.X, loss.ridge_targets, weights, loss.fit_intercept
+                    )
+                system = folds.cache.ridge
             return _ridge_solve(
                 folds.X,
                 loss.ridge_targets,
-                loss.weights(hparams),
+                weights,
                 penalty.expand(folds.n_train.shape[0], folds.X.shape[-1]),
                 loss.fit_intercept,
+                gram=system,
             )
         return newton_solve(loss, folds, params, hparams)
