@@ -4,6 +4,7 @@ An implementation of "Bilevel Programming for Hyperparameter Optimization and
 Meta-Learning" (Franceschi et al., ICML 2018).
 """
 
+from . import plotting
 from ._search import BilevelSearchCV
 from ._space import PerFeature, PerLayer, PerStep, Real, SampleWeight
 from .meta import HyperRepresentationClassifier, few_shot_score
@@ -23,4 +24,5 @@ __all__ = [
     "TorchMLPRegressor",
     "__version__",
     "few_shot_score",
+    "plotting",
 ]
