@@ -193,3 +193,13 @@ def test_pickled_unfitted_search_fits_the_same(case, reference):
 def test_pickled_fitted_search_predicts_the_same(case, reference):
     fitted = reference(case)
     _assert_same_search(pickle.loads(pickle.dumps(fitted)), fitted, case)
+
+
+def test_random_state_instance_seeded_alike_gives_the_same_search():
+    # Random restarts drawn from a RandomState instance, as scikit-learn allows.
+    searches = [
+        _logreg_mixed().set_params(random_state=np.random.RandomState(0))
+        for _ in range(2)
+    ]
+    first, second = (search.fit(X_CLF, Y_CLF) for search in searches)
+    _assert_same_search(first, second, "logreg_mixed")

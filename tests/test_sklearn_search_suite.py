@@ -123,11 +123,13 @@ def _restrict_to_grid_search(func):
 
 
 _SKLEARN_TESTS = _load_sklearn_tests()
+_COLLECTED = []
 for _name, _obj in vars(_SKLEARN_TESTS).items():
     if _name.startswith("test_") and callable(_obj):
         _test = _restrict_to_grid_search(_obj)
         if _test is not None:
             globals()[_name] = _test
+            _COLLECTED.append(_name)
 
 DELIBERATE = {
     "test_grid_search_bad_param_grid": (
@@ -156,3 +158,14 @@ def _expected_failures(request):
         reason = table.get(name, table.get(base))
         if reason is not None:
             request.node.add_marker(pytest.mark.xfail(strict=strict, reason=reason))
+
+
+def test_suite_is_collected_and_tables_are_current():
+    # Guards the harness itself: a change in scikit-learn's file, or in the
+    # selection above, must not silently leave GridSearchCV's tests out.
+    assert len(_COLLECTED) >= 60
+    core = {"test_grid_search", "test_refit", "test_pickle", "test_no_refit"}
+    assert core <= set(_COLLECTED)
+    assert "test_random_search_cv_results" not in _COLLECTED
+    for key in {**DELIBERATE, **BUGS}:
+        assert key.split("[")[0] in _COLLECTED, key
