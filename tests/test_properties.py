@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
+from scipy.stats import loguniform, uniform
 from sklearn.base import clone, is_classifier
 from sklearn.linear_model import LogisticRegression, Ridge, RidgeClassifier
 from sklearn.pipeline import make_pipeline
@@ -90,6 +91,9 @@ def _spaces(param):
             param: [0.1, 10.0],
         },
         "list": {param: [0.1, 10.0]},
+        # What RandomizedSearchCV users write.
+        "loguniform": {param: loguniform(LOW, HIGH)},
+        "uniform_and_list": {param: uniform(0.1, 10.0), "fit_intercept": [True]},
     }
 
 
@@ -120,6 +124,7 @@ MLP_SPACES = {
     "learning_rate": {"learning_rate": Real(1e-3, 1.0)},
     "alpha": {"alpha": Real(1e-5, 1.0)},
     "momentum_solver_sgd": {"momentum": Real(0.1, 0.99, log=False)},
+    "momentum_uniform_solver_sgd": {"momentum": uniform(0.1, 0.8)},
     "sample_weight": {"sample_weight": SampleWeight()},
     "learning_rate_and_list": {
         "learning_rate": Real(1e-3, 1.0),
@@ -175,6 +180,8 @@ def _bounds(spec):
         return spec.low, spec.high
     if isinstance(spec, tuple):
         return spec
+    if hasattr(spec, "support"):  # a frozen scipy distribution
+        return spec.support()
     return spec * 1e-4, spec * 1e4  # a bare float: four decades either side
 
 
@@ -309,7 +316,7 @@ def test_mlp_properties(classification, data, seed, training):
 def test_mlp_search_properties(classification, data, space_name, training):
     X, y = data.draw(problems(classification), label="problem")
     space = MLP_SPACES[space_name]
-    if space_name == "momentum_solver_sgd":
+    if space_name.endswith("solver_sgd"):
         training = {**training, "solver": "sgd"}
     mlp = _mlp(classification, 0, **training)
     search = BilevelSearchCV(mlp, space, cv=2, max_iter=2, random_state=0)
