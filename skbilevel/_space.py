@@ -456,3 +456,10 @@ class SampleWeight:
 
     def __hash__(self):
         return hash(("SampleWeight", self.init, self.budget))
+
+
+# The spec class behind each kind, for error messages.
+SPEC_NAMES = {
+    spec.kind: spec.__name__
+    for spec in (Real, PerFeature, PerStep, PerLayer, SampleWeight)
+}

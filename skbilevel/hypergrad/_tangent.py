@@ -9,14 +9,12 @@ but its columns also predict the solution at a nearby next point,
 ``w* + sum_j z_j dlambda_j``, which warm-starts the next inner solve.
 """
 
-import warnings
 from functools import partial
 
 import torch
-from sklearn.exceptions import ConvergenceWarning
 
 from ._cg import conjugate_gradient
-from ._dynamics import gradient_norm, unroll
+from ._implicit import _default_tol, _solve_inner, _warn_linear_system
 from ._methods import Hypergradient, _check_finite, _detached, _grad, _leaves
 
 
@@ -32,26 +30,6 @@ def _solve(matvec, b, precondition, tol, max_iter, x0, batched):
         batched=batched,
     )
     return x, converged
-
-
-def _inner_solution(params, hparams, T, dynamics, tol):
-    if T == 0:
-        return _detached(params)
-    tol = (
-        torch.finfo(next(iter(params.values())).dtype).eps ** 0.5
-        if tol is None
-        else tol
-    )
-    with torch.no_grad():
-        state = unroll(dynamics, _detached(params), _detached(hparams), T, tol=tol)
-    if gradient_norm(dynamics.inner_loss, state[0], hparams) > tol:
-        warnings.warn(
-            f"The inner problem was not solved to tol={tol} in T={T} steps; the "
-            "implicit hypergradient is only as accurate as the inner solution.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
-    return _detached(state[0])
 
 
 def implicit_forward(
@@ -126,7 +104,7 @@ def implicit_forward(
     >>> round(float(res.grad["c"]), 3)
     -1.0
     """
-    w = _leaves(_inner_solution(params, hparams, T, dynamics, tol))
+    w = _leaves(_solve_inner(params, hparams, T, dynamics, tol)[0])
     h = _leaves(hparams)
     with torch.enable_grad():
         value = _check_finite(outer_loss(w, h), T)
@@ -147,8 +125,7 @@ def implicit_forward(
                 retain_graph=True,
             )
 
-    if cg_tol is None:
-        cg_tol = torch.finfo(value.dtype).eps ** 0.5
+    cg_tol = _default_tol(w, cg_tol)
     solve = partial(
         _column,
         hessian_vector,
@@ -191,10 +168,5 @@ def _column(hessian_vector, fast, rhs, *, start, precondition, tol, max_iter, ba
         hessian_vector, rhs, precondition, tol, max_iter, start, batched
     )
     if not converged:
-        warnings.warn(
-            "The conjugate gradient for the implicit hypergradient did not "
-            f"reach tol={tol} in {max_iter} iterations; increase max_iter.",
-            ConvergenceWarning,
-            stacklevel=4,
-        )
+        _warn_linear_system("conjugate gradient", max_iter, tol)
     return column

@@ -19,6 +19,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .._space import SPEC_NAMES
 from ..utils import resolve_device, resolve_dtype
 from ..utils._sklearn import (
     Interval,
@@ -37,14 +38,6 @@ _LEARNABLE = {
     "momentum": ("real",),
     "alpha": ("real", "per_layer"),
     "sample_weight": ("sample_weight",),
-}
-# The specs of skbilevel._space behind each kind, for error messages.
-_SPEC_NAMES = {
-    "real": "Real",
-    "per_feature": "PerFeature",
-    "per_step": "PerStep",
-    "per_layer": "PerLayer",
-    "sample_weight": "SampleWeight",
 }
 
 
@@ -397,11 +390,11 @@ class _BaseTorchMLP(BaseEstimator):
         for param, kind in learned.items():
             if kind not in _LEARNABLE.get(param, ()):
                 supported = "; ".join(
-                    f"{p} ({' or '.join(_SPEC_NAMES[k] for k in kinds)})"
+                    f"{p} ({' or '.join(SPEC_NAMES[k] for k in kinds)})"
                     for p, kinds in _LEARNABLE.items()
                 )
                 raise ValueError(
-                    f"{param!r} cannot be learned as {_SPEC_NAMES.get(kind, kind)} "
+                    f"{param!r} cannot be learned as {SPEC_NAMES.get(kind, kind)} "
                     f"for {name}; supported: {supported}."
                 )
         if "momentum" in learned and self.solver != "sgd":

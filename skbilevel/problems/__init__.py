@@ -21,7 +21,7 @@ from sklearn.linear_model import (
     SGDRegressor,
 )
 
-from .._space import feature_scale
+from .._space import SPEC_NAMES, feature_scale
 from ..neural_network import TorchMLPClassifier, TorchMLPRegressor
 from ._base import FoldData, Problem
 from ._data import fold_data
@@ -34,15 +34,6 @@ from ._linear import (
     ridge_classifier,
     sgd,
 )
-
-# The spec class behind each kind, for error messages.
-_SPEC_NAMES = {
-    "real": "Real",
-    "per_feature": "PerFeature",
-    "per_step": "PerStep",
-    "per_layer": "PerLayer",
-    "sample_weight": "SampleWeight",
-}
 
 
 def _refusals(estimator, learned):
@@ -195,7 +186,7 @@ def _check_learnable(estimator, record, learned):
         allowed = record.learnable.get(kind, ())
         if param not in allowed:
             raise ValueError(
-                f"{param!r} cannot be learned as a {_SPEC_NAMES.get(kind, kind)} "
+                f"{param!r} cannot be learned as a {SPEC_NAMES.get(kind, kind)} "
                 f"hyperparameter of {name}; supported: {', '.join(allowed) or 'none'}"
                 f". Continuous hyperparameters are supported for: "
                 f"{SUPPORTED_ESTIMATORS}."
