@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..problems import REGISTRY
 from ..problems._data import final_estimator
-from ..utils._sklearn import BaseSearchCV, _get_feature_names, available_if
+from ..utils._sklearn import BaseSearchCV, _get_feature_names
 
 
 class FoldSolutions:

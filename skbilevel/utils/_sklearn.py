@@ -12,9 +12,7 @@ with scikit-learn 1.6 to 1.9 (``MIN_VERSION`` to ``MAX_TESTED_VERSION``).
 - ``_check_sample_weight``: scikit-learn's validation of ``sample_weight``.
 - ``_yields_constant_splits``: whether a splitter gives the same folds at each
   ``split`` call (HalvingGridSearchCV's check).
-- ``available_if``: methods that exist when the wrapped estimator has them.
 - ``_safe_indexing``: rows of arrays, DataFrames and lists alike.
-- ``_num_samples``: the number of samples of any array-like.
 - ``_get_feature_names``: the feature names of X, as ``fit`` records them.
 - ``callbacks_of``: the callbacks of scikit-learn's callback API set on an
   estimator, to pass on.
@@ -29,7 +27,6 @@ from sklearn.base import _fit_context
 from sklearn.model_selection._search import BaseSearchCV
 from sklearn.model_selection._split import _yields_constant_splits
 from sklearn.utils import _safe_indexing
-from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import (
     HasMethods,
     Interval,
@@ -39,7 +36,6 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import (
     _check_sample_weight,
     _get_feature_names,
-    _num_samples,
 )
 
 MIN_VERSION = "1.6"
@@ -70,10 +66,8 @@ __all__ = [
     "_check_sample_weight",
     "_fit_context",
     "_get_feature_names",
-    "_num_samples",
     "_safe_indexing",
     "_yields_constant_splits",
-    "available_if",
     "callbacks_of",
     "routed_fit_params",
     "validate_estimator_params",
