@@ -48,6 +48,7 @@ How the results were produced: benchmarks/results/bench_hyper_cleaning/README.md
 
 import argparse
 import os
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -264,7 +265,8 @@ def plot_weights(rows, data, path):
             mask_names=("clean label", "flipped label"),
             ax=ax,
         )
-        ax[0].set_title(f"{name}\ntest accuracy {row['accuracy']:.4f}")
+        title = textwrap.fill(f"{name}, test accuracy {row['accuracy']:.4f}", 50)
+        ax[0].set_title(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
