@@ -273,7 +273,8 @@ def main():
         choices=["digits", "mnist", "ridge", "per_feature"],
     )
     parser.add_argument(
-        "--output", default=str(ROOT / "benchmarks/results/bench_search.md")
+        "--output",
+        default=str(ROOT / "benchmarks/results/bench_search/default.md"),
     )
     args = parser.parse_args()
     baseline = args.baseline_repeats or args.repeats
