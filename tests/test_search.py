@@ -368,7 +368,7 @@ def test_kernel_ridge_learns_alpha_and_gamma(regression):
 def test_verbose_prints_outer_steps(regression, capsys):
     X, y = regression
     BilevelSearchCV(Ridge(), {"alpha": 1.0}, cv=2, max_iter=2, verbose=2).fit(X, y)
-    assert "[BilevelSearchCV] step 0: outer loss" in capsys.readouterr().out
+    assert "[BilevelSearchCV] step 0: alpha=1, outer loss" in capsys.readouterr().out
 
 
 def test_per_feature_inside_a_pipeline(classification):

@@ -130,8 +130,13 @@ class Objective:
         self.history.append(entry)
         self.points.append(u)
         if self.settings.verbose > 1:
+            scalars = "".join(
+                f"{name}={float(value):.4g}, "
+                for name, value in entry["params"].items()
+                if value.ndim == 0
+            )
             print(
-                f"[BilevelSearchCV] step {entry['step']}: outer loss "
+                f"[BilevelSearchCV] step {entry['step']}: {scalars}outer loss "
                 f"{loss:.6g}, hypergradient norm {norm:.3g}, {entry['time']:.1f}s"
             )
 
