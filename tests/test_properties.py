@@ -11,7 +11,9 @@ discrete lists), on tiny problems:
   their bounds with their documented shapes; feature names and counts are kept
   and checked at predict time;
 - a clone refitted with the same ``random_state``, and a pickle round trip of
-  the fitted object, predict exactly the same.
+  the fitted object, predict exactly the same;
+- bad input (NaN, wrong lengths, a class missing from a training fold, bad
+  ``sample_weight``, ...) gets a documented error, never a torch error.
 """
 
 import pickle
