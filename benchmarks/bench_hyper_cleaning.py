@@ -317,7 +317,7 @@ def header(args, n_seeds):
         f"solver='sgd', learning_rate=0.1, momentum=0, alpha={args.alpha}, "
         f"max_iter=T). Flagged: weight < {args.threshold}. torch "
         f"{torch.__version__}, threads: {threads}, load average at start "
-        f"{os.getloadavg()[0]:.2f}.",
+        f"{args.load_at_start:.2f}.",
         "",
     ]
 
@@ -356,6 +356,7 @@ def parse():
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
+    args.load_at_start = os.getloadavg()[0]
     if args.T is None:
         args.T = [1000] if args.part == "protocol" else [10, 50, 200, 1000]
     if args.output is None:
