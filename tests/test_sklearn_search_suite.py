@@ -22,18 +22,23 @@ import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sklearn
 import sklearn.model_selection
+from sklearn.datasets import make_classification
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import (
     HalvingGridSearchCV,
     HalvingRandomSearchCV,
     RandomizedSearchCV,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.utils._testing import _get_warnings_filters_info_list
 
-from skbilevel import BilevelSearchCV
+from skbilevel import BilevelSearchCV, Real
 
 # The copy is registered under the original's name: estimators defined in it
 # (MockClassifier, ...) then pickle by reference into loky workers, which
@@ -145,8 +150,9 @@ DELIBERATE = {
     ),
 }
 
-# None open: the callback API (every test_search_callbacks_* test) was one,
-# fixed in ef5ec00.
+# None open in scikit-learn's tests: the callback API (every
+# test_search_callbacks_* test) was one, fixed in ef5ec00. One drop-in gap they
+# do not reach is tested below (test_pipeline_fit_params_passed_as_for_grid_search).
 BUGS = {}
 
 
@@ -169,3 +175,23 @@ def test_suite_is_collected_and_tables_are_current():
     assert "test_random_search_cv_results" not in _COLLECTED
     for key in {**DELIBERATE, **BUGS}:
         assert key.split("[")[0] in _COLLECTED, key
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug (drop-in gap, documented in fit): with a continuous entry, a "
+    "Pipeline's fit parameter given GridSearchCV's way, step__sample_weight, "
+    "is refused ('fit accepts only the parameters groups and sample_weight')",
+)
+def test_pipeline_fit_params_passed_as_for_grid_search():
+    X, y = make_classification(
+        n_samples=40, n_features=3, n_redundant=0, random_state=0
+    )
+    weights = np.random.RandomState(0).uniform(0.5, 2.0, size=len(y))
+    pipe = make_pipeline(StandardScaler(), LogisticRegression())
+    space = {"logisticregression__C": Real(1e-2, 1e2)}
+    search = BilevelSearchCV(pipe, space, cv=2, max_iter=2, random_state=0)
+    search.fit(X, y, logisticregression__sample_weight=weights)
+    expected = BilevelSearchCV(pipe, space, cv=2, max_iter=2, random_state=0)
+    expected.fit(X, y, sample_weight=weights)
+    np.testing.assert_array_equal(search.predict_proba(X), expected.predict_proba(X))
