@@ -1,8 +1,8 @@
 """Property-based tests of BilevelSearchCV and the torch MLPs (hypothesis).
 
 Over random shapes, input dtypes, class counts and label types, numpy or pandas
-inputs, and parameter spaces (continuous, per-feature, per-sample, mixed with
-discrete lists), on tiny problems:
+inputs, and parameter spaces (continuous, per-feature, per-sample, per-step,
+per-layer, scipy distributions, mixed with discrete lists), on tiny problems:
 
 - ``fit`` raises nothing but the documented ValueError, TypeError or
   FloatingPointError (the drawn problems are valid, so hypothesis also fails
@@ -30,7 +30,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from skbilevel import BilevelSearchCV, PerFeature, Real, SampleWeight
+from skbilevel import BilevelSearchCV, PerFeature, PerLayer, PerStep, Real, SampleWeight
 from skbilevel.neural_network import TorchMLPClassifier, TorchMLPRegressor
 
 # Tiny runs stop at max_iter or at a bound and say so; that is not a failure.
@@ -128,6 +128,8 @@ MLP_SPACES = {
     "alpha": {"alpha": Real(1e-5, 1.0)},
     "momentum_solver_sgd": {"momentum": Real(0.1, 0.99, log=False)},
     "momentum_uniform_solver_sgd": {"momentum": uniform(0.1, 0.8)},
+    "learning_rate_per_step": {"learning_rate": PerStep(1e-3, 1.0)},
+    "alpha_per_layer": {"alpha": PerLayer(1e-5, 1.0)},
     "sample_weight": {"sample_weight": SampleWeight()},
     "learning_rate_and_list": {
         "learning_rate": Real(1e-3, 1.0),
@@ -179,7 +181,7 @@ def _check_features(fitted, X):
 
 
 def _bounds(spec):
-    if isinstance(spec, Real | PerFeature):
+    if isinstance(spec, Real | PerFeature | PerStep | PerLayer):
         return spec.low, spec.high
     if isinstance(spec, tuple):
         return spec
@@ -198,9 +200,14 @@ def _check_best_params(search, space, n_samples, n_features, rtol=1e-9):
             assert value.shape == (n_samples,)
             assert np.all((value >= 0) & (value <= 1))
         else:
-            assert value.shape == (
-                (n_features,) if isinstance(spec, PerFeature) else ()
-            )
+            shape = ()
+            if isinstance(spec, PerFeature):
+                shape = (n_features,)
+            elif isinstance(spec, PerStep):  # one rate per training step
+                shape = (search.estimator.max_iter,)
+            elif isinstance(spec, PerLayer):  # one penalty per weight matrix
+                shape = (len(search.estimator.hidden_layer_sizes) + 1,)
+            assert value.shape == shape
             low, high = _bounds(spec)
             assert np.all(np.isfinite(value))
             assert np.all((value >= low * (1 - rtol)) & (value <= high * (1 + rtol)))
@@ -309,7 +316,7 @@ def test_mlp_properties(classification, data, seed, training):
     _check_round_trips(mlp, X, y, predictions)
 
 
-@settings(SETTINGS, max_examples=4)
+@settings(SETTINGS, max_examples=8)
 @given(
     data=st.data(),
     space_name=st.sampled_from(sorted(MLP_SPACES)),
