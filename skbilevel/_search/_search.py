@@ -373,7 +373,8 @@ class BilevelSearchCV(BaseSearchCV):
             splitter, routed as in GridSearchCV (``groups``,
             ``sample_weight``; with metadata routing enabled, as requested).
             With continuous entries and routing disabled, only ``groups`` and
-            ``sample_weight``.
+            ``sample_weight`` (for a Pipeline, also given as its final step's
+            ``<step>__sample_weight``, as to GridSearchCV).
 
         Returns
         -------
@@ -383,6 +384,7 @@ class BilevelSearchCV(BaseSearchCV):
         space = parse_space(self._space())
         if not space.continuous:
             return super().fit(X, y, **params)
+        params = self._fit_params(params)
         X, y, routed = self._validated(X, y, params)
         splits = self._splits(X, y, routed.splitter.split)
         fixed_weight = routed.estimator.fit.get("sample_weight")
@@ -394,15 +396,30 @@ class BilevelSearchCV(BaseSearchCV):
         self._evaluate(X, y, params, space, candidates, losses, store, splits)
         return self
 
+    def _fit_params(self, params):
+        """``fit``'s parameters, a Pipeline's ``last__sample_weight`` (as given
+        to GridSearchCV) read as the final step's ``sample_weight``."""
+        if get_config()["enable_metadata_routing"]:
+            return params
+        params = dict(params)
+        if hasattr(self.estimator, "steps"):
+            key = f"{self.estimator.steps[-1][0]}__sample_weight"
+            if key in params:
+                if "sample_weight" in params:
+                    raise ValueError(f"Give sample_weight or {key}, not both.")
+                params["sample_weight"] = params.pop(key)
+        unsupported = set(params) - {"groups", "sample_weight"}
+        if unsupported:
+            raise ValueError(
+                "With continuous entries in param_space, fit accepts only the "
+                "parameters groups and sample_weight (for a Pipeline, also its "
+                "final step's sample_weight); got "
+                f"{sorted(unsupported)}."
+            )
+        return params
+
     def _validated(self, X, y, params):
         """X and y checked as the estimator would; the routed fit parameters."""
-        if not get_config()["enable_metadata_routing"]:
-            unsupported = set(params) - {"groups", "sample_weight"}
-            if unsupported:
-                raise ValueError(
-                    "With continuous entries in param_space, fit accepts only the "
-                    f"parameters groups and sample_weight; got {sorted(unsupported)}."
-                )
         if y is None:
             raise ValueError("y is required to learn continuous hyperparameters.")
         if not hasattr(self.estimator, "steps"):
