@@ -123,6 +123,11 @@ class _Bounded:
         """Lower and upper bounds of each entry of ``u``."""
         return self._scale(self.low), self._scale(self.high)
 
+    def clip(self, value):
+        """``value`` (float or array) within [low, high] in float64: a value
+        computed in float32 at a bound may round just past it."""
+        return np.clip(np.asarray(value, dtype=np.float64), self.low, self.high)
+
     def shape(self, n_features, n_samples, problem):
         """The shape of the value for the data and the inner problem of a run."""
         return ()
@@ -419,6 +424,10 @@ class SampleWeight:
     def bounds(self):
         """Lower and upper bounds of each weight."""
         return 0.0, 1.0
+
+    def clip(self, value):
+        """The weights within [0, 1] in float64."""
+        return np.clip(np.asarray(value, dtype=np.float64), 0.0, 1.0)
 
     def shape(self, n_features, n_samples, problem):
         """``(n_samples,)``: one weight per example of the search."""

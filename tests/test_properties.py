@@ -333,9 +333,7 @@ def test_mlp_search_properties(classification, data, space_name, training):
     _fit_or_reject(search, X, y)
     predictions = _check_predictions(search, X, y)
     _check_features(search, X)
-    # The MLPs learn in float32: a value at a bound may round just past it
-    # (test_learned_value_at_a_bound_stays_within_it).
-    _check_best_params(search, space, len(y), X.shape[1], rtol=1e-6)
+    _check_best_params(search, space, len(y), X.shape[1])
     _check_round_trips(search, X, y, predictions)
 
 
@@ -443,11 +441,6 @@ def test_bad_input_raises_only_documented_errors(case, kind, data):
     assert "tensor" not in str(error.value).lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a float32 MLP's learned value is not clipped to its float64 "
-    "bounds: momentum Real(0.1, 0.99) gives 0.9900000095367432",
-)
 def test_learned_value_at_a_bound_stays_within_it():
     # Found by test_mlp_search_properties: the momentum runs to its upper bound.
     rng = np.random.RandomState(0)

@@ -151,8 +151,9 @@ DELIBERATE = {
 }
 
 # None open in scikit-learn's tests: the callback API (every
-# test_search_callbacks_* test) was one, fixed in ef5ec00. One drop-in gap they
-# do not reach is tested below (test_pipeline_fit_params_passed_as_for_grid_search).
+# test_search_callbacks_* test) was one, fixed in ef5ec00. A drop-in gap they
+# do not reach, fixed in a905f47, is tested below
+# (test_pipeline_fit_params_passed_as_for_grid_search).
 BUGS = {}
 
 
@@ -177,12 +178,6 @@ def test_suite_is_collected_and_tables_are_current():
         assert key.split("[")[0] in _COLLECTED, key
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (drop-in gap, documented in fit): with a continuous entry, a "
-    "Pipeline's fit parameter given GridSearchCV's way, step__sample_weight, "
-    "is refused ('fit accepts only the parameters groups and sample_weight')",
-)
 def test_pipeline_fit_params_passed_as_for_grid_search():
     X, y = make_classification(
         n_samples=40, n_features=3, n_redundant=0, random_state=0

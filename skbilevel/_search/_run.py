@@ -330,6 +330,8 @@ def run(estimator, space, data_args, settings, restart, seed):
 
 
 def _by_key(values, names, specs):
+    """The values by user key, in float64 within their bounds."""
+    values = {name: spec.clip(values[name]) for name, spec in specs.items()}
     return {
         names[name]: float(values[name]) if spec.kind == "real" else values[name]
         for name, spec in specs.items()
