@@ -169,6 +169,17 @@ def clean_part(data):
     return data["X_fit"][keep], data["y_fit"][keep]
 
 
+def report(seed, name, row):
+    """Print a row as soon as it is measured (a long run shows its progress)."""
+    print(
+        f"seed {seed} | {name} | accuracy {row['accuracy']:.4f} | "
+        f"best F1 {row.get('best_f1', float('nan')):.3f} | "
+        f"{row['seconds']:.1f} s",
+        flush=True,
+    )
+    return row
+
+
 def protocol_rows(data, args, seed):
     """Baseline, oracle and hyper-cleaned rows of each model, one seed."""
     X, y, X_test, y_test = data["X_fit"], data["y_fit"], data["X_test"], data["y_test"]
@@ -186,28 +197,29 @@ def protocol_rows(data, args, seed):
         ),
     }
     rows = {}
-    for name in args.models:
-        estimator, training, method = models[name]
-        rows[f"baseline: {training}"] = fit_plain(estimator, X, y, X_test, y_test)
-        rows[f"oracle: {training}"] = fit_plain(
-            estimator, X_clean, y_clean, X_test, y_test
-        )
-        rows[f"hyper-cleaned: {training} ({method} hypergradient)"] = fit_search(
-            search(estimator, args), data, args.threshold
-        )
+    for model in args.models:
+        estimator, training, method = models[model]
+        name = f"baseline: {training}"
+        rows[name] = report(seed, name, fit_plain(estimator, X, y, X_test, y_test))
+        name = f"oracle: {training}"
+        row = fit_plain(estimator, X_clean, y_clean, X_test, y_test)
+        rows[name] = report(seed, name, row)
+        name = f"hyper-cleaned: {training} ({method} hypergradient)"
+        row = fit_search(search(estimator, args), data, args.threshold)
+        rows[name] = report(seed, name, row)
     return rows
 
 
 def t_rows(data, args, seed):
     """The unrolled search for each T, then implicit differentiation (T = inf)."""
     rows = {}
-    for T in args.T:
-        rows[f"unrolled GD, T={T} (reverse)"] = fit_search(
-            search(unrolled(T, args.alpha, seed), args), data, args.threshold
-        )
-    rows["LogisticRegression, T=inf (implicit)"] = fit_search(
-        search(logistic(1.0 / args.alpha), args), data, args.threshold
-    )
+    models = {
+        f"unrolled GD, T={T} (reverse)": unrolled(T, args.alpha, seed) for T in args.T
+    }
+    models["LogisticRegression, T=inf (implicit)"] = logistic(1.0 / args.alpha)
+    for name, estimator in models.items():
+        row = fit_search(search(estimator, args), data, args.threshold)
+        rows[name] = report(seed, name, row)
     return rows
 
 
@@ -380,13 +392,6 @@ def main():
     for seed in args.seeds:
         data = load(args.data, args.n_train, args.n_val, args.n_test, seed)
         rows = (protocol_rows if args.part == "protocol" else t_rows)(data, args, seed)
-        for name, row in rows.items():
-            print(
-                f"seed {seed} | {name} | accuracy {row['accuracy']:.4f} | "
-                f"best F1 {row.get('best_f1', float('nan')):.3f} | "
-                f"{row['seconds']:.1f} s",
-                flush=True,
-            )
         if seed == args.seeds[0]:
             plot_weights(rows, data, output.with_name(output.stem + "_weights.png"))
         results.append(rows)
