@@ -138,5 +138,5 @@ accuracy_ax.set(
     ylabel="test accuracy",
     title="Refitted with the weights of each step",
 )
-accuracy_ax.legend(loc="center right")
+accuracy_ax.legend(loc="lower right", bbox_to_anchor=(1.0, 0.05))
 plt.show()
