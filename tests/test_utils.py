@@ -74,3 +74,25 @@ def test_inference_device_falls_back_to_cpu_for_a_missing_gpu():
     assert inference_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
         assert inference_device("cuda") == torch.device("cpu")
+
+
+def test_forward_mode_runs_without_torchs_jit_warning():
+    """torch's forward mode loads decompositions that call the deprecated
+    torch.jit.script once per process; skbilevel's forward-mode calls keep
+    that warning about torch's own code from users (a fresh process, every
+    warning an error)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from skbilevel.hypergrad import forward, gradient_descent\n"
+        "inner = lambda w, h: ((w['x'] - h['c']) ** 2).sum()\n"
+        "outer = lambda w, h: (w['x'] ** 2).sum()\n"
+        "dynamics = gradient_descent(inner, 0.1)\n"
+        "forward({'x': torch.zeros(2)}, {'c': torch.ones(2)}, 5, dynamics, outer)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr

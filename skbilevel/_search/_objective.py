@@ -16,6 +16,7 @@ import torch
 
 from ..hypergrad import METHODS, gradient_descent
 from ..utils import to_numpy
+from ..utils._torch import quiet_forward_ad
 
 IMPLICIT = ("implicit_cg", "implicit_fixed_point", "implicit_forward")
 
@@ -50,9 +51,10 @@ def _largest_curvature(inner_loss, params, hparams, n_iter=20):
     vector = {k: torch.ones_like(v) for k, v in params.items()}
     value = torch.ones(())
     for _ in range(n_iter):
-        product = torch.func.jvp(
-            lambda w: torch.func.grad(inner_loss)(w, hparams), (params,), (vector,)
-        )[1]
+        with quiet_forward_ad():
+            product = torch.func.jvp(
+                lambda w: torch.func.grad(inner_loss)(w, hparams), (params,), (vector,)
+            )[1]
         value = torch.sqrt(sum((p**2).sum() for p in product.values()))
         vector = {k: p / value for k, p in product.items()}
     return float(value)

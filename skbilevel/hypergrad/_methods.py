@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..utils._torch import quiet_forward_ad
 from ._dynamics import Params, unroll
 
 
@@ -244,9 +245,10 @@ def forward(params, hparams, T, dynamics, outer_loss, *, chunk_size=None):
     basis = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
     # Every direction returns the same primal value and w_T; out_dims=None
     # would drop the copies but breaks with chunk_size (torch 2.13).
-    values, derivatives, w_T = torch.func.vmap(directional, chunk_size=chunk_size)(
-        basis
-    )
+    with quiet_forward_ad():
+        values, derivatives, w_T = torch.func.vmap(directional, chunk_size=chunk_size)(
+            basis
+        )
     values = _check_finite(values[0], T)
     w_T = {name: value[0] for name, value in w_T.items()}
     # Tangents of Python-scalar constants come back in float64; keep lambda's dtype.

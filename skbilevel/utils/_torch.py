@@ -1,5 +1,7 @@
 """The numpy <-> torch boundary: devices, dtypes, conversions and seeding."""
 
+import warnings
+from contextlib import contextmanager
 from numbers import Integral
 
 import numpy as np
@@ -192,3 +194,17 @@ def torch_generator(random_state, device="cpu"):
     generator = torch.Generator(device=resolve_device(device))
     generator.manual_seed(seed)
     return generator
+
+
+@contextmanager
+def quiet_forward_ad():
+    """Forward-mode automatic differentiation without torch's own warning.
+
+    torch's forward mode loads, once per process, decompositions that call the
+    deprecated ``torch.jit.script`` (a FutureWarning since torch 2.14, a
+    DeprecationWarning before): a warning about torch's code, with the
+    machine's paths, that a user of skbilevel can do nothing about.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+        yield
