@@ -207,7 +207,11 @@ def memory_against_T(args):
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="/work/shared/data/mnist.npz")
+    parser.add_argument(
+        "--data",
+        default=str(Path(__file__).resolve().parents[2] / "shared/data/mnist.npz"),
+        help="MNIST file (default: ../shared/data/mnist.npz beside the checkout)",
+    )
     parser.add_argument("--n-train", type=int, default=1400)
     parser.add_argument("--n-val", type=int, default=140)
     parser.add_argument("--hidden", type=int, nargs="*", default=[64])

@@ -59,7 +59,11 @@ RESULTS = Path(__file__).parent / "results"
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/shared/data")
+    parser.add_argument(
+        "--data",
+        default=str(Path(__file__).resolve().parents[2] / "shared/data"),
+        help="folder of omniglot.npz (default: ../shared/data beside the checkout)",
+    )
     parser.add_argument("--settings", nargs="+", default=["5,1", "5,5", "20,1", "20,5"])
     parser.add_argument(
         "--train-way",

@@ -44,7 +44,7 @@ def load_mnist(path=None):
     Examples
     --------
     >>> from skbilevel.datasets import load_mnist
-    >>> mnist = load_mnist("/work/shared/data")  # doctest: +SKIP
+    >>> mnist = load_mnist("../shared/data")  # doctest: +SKIP
     >>> mnist.X_train.shape  # doctest: +SKIP
     (60000, 28, 28)
     """
@@ -82,7 +82,7 @@ def load_omniglot(path=None):
     Examples
     --------
     >>> from skbilevel.datasets import load_omniglot
-    >>> omniglot = load_omniglot("/work/shared/data")  # doctest: +SKIP
+    >>> omniglot = load_omniglot("../shared/data")  # doctest: +SKIP
     >>> omniglot.images.shape  # doctest: +SKIP
     (32460, 28, 28)
     """
