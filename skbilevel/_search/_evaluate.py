@@ -11,8 +11,8 @@ candidate number and split number, and scored without refitting.
 scikit-learn hands an estimator only its training rows; the wrapper is told
 its rows by the ``sample_index`` fit parameter (sliced by the search like any
 per-sample array), and the split number is the one whose training indices
-those are: the splits are computed once and are constant
-(:func:`check_constant_splits`).
+those are: the splits are computed once, by a splitter required to yield
+constant splits, and passed to the evaluation as a list.
 """
 
 import numpy as np
@@ -275,23 +275,11 @@ def search_candidates(search, evaluate_candidates, candidates, callback_ctx):
     search_ctx.call_on_fit_task_end(estimator=search)
 
 
-class FixedSplits:
-    """A splitter yielding the search's splits, computed once."""
-
-    def __init__(self, splits):
-        self.splits = splits
-
-    def split(self, X=None, y=None, groups=None):
-        yield from self.splits
-
-    def get_n_splits(self, X=None, y=None, groups=None):
-        return len(self.splits)
-
-
 class Evaluation(BaseSearchCV):
     """scikit-learn's search over given candidates of :class:`LearnedSettings`.
 
-    It scores the candidates on fixed splits and refits the best one; ties in
+    It scores the candidates on ``cv``, the search's splits as a list of
+    (train, test) pairs, and refits the best one; ties in
     the refit metric go to the candidate with the lowest validation loss its
     run descended (``outer_losses``, NaN for settings not learned).
     """
@@ -300,9 +288,9 @@ class Evaluation(BaseSearchCV):
         self,
         estimator,
         candidates,
-        splits,
         outer_losses,
         *,
+        cv,
         scoring=None,
         n_jobs=None,
         refit=True,
@@ -316,14 +304,13 @@ class Evaluation(BaseSearchCV):
             scoring=scoring,
             n_jobs=n_jobs,
             refit=refit,
-            cv=FixedSplits(splits),
+            cv=cv,
             verbose=verbose,
             pre_dispatch=pre_dispatch,
             error_score=error_score,
             return_train_score=return_train_score,
         )
         self.candidates = candidates
-        self.splits = splits
         self.outer_losses = outer_losses
 
     def _run_search(self, evaluate_candidates, *, callback_ctx=None):

@@ -531,8 +531,8 @@ class BilevelSearchCV(BaseSearchCV):
         evaluation = Evaluation(
             LearnedSettings(self.estimator, specs=space.specs, fold_solutions=store),
             [{**c, "candidate": row} for row, c in enumerate(candidates)],
-            splits,
             losses,
+            cv=splits,
             scoring=self.scoring,
             n_jobs=self.n_jobs,
             refit=self.refit,

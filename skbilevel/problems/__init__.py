@@ -23,6 +23,7 @@ from sklearn.linear_model import (
 
 from .._space import SPEC_NAMES, feature_scale
 from ..neural_network import TorchMLPClassifier, TorchMLPRegressor
+from ..neural_network._base import _LEARNABLE as MLP_LEARNABLE
 from ._base import FoldData, Problem
 from ._data import fold_data
 from ._kernel import KERNELS, kernel_ridge
@@ -130,13 +131,13 @@ def _linear_record(real, **record):
     return {"learnable": learnable, **record}
 
 
+# The MLPs check what they learn themselves (momentum needs SGD); their table,
+# turned by kind, lists it among the supported estimators.
 _MLP = Record(
     _unrolled,
     {
-        "real": ("learning_rate", "momentum", "alpha"),
-        "per_step": ("learning_rate",),
-        "per_layer": ("alpha",),
-        "sample_weight": ("sample_weight",),
+        kind: tuple(param for param, kinds in MLP_LEARNABLE.items() if kind in kinds)
+        for kind in ("real", "per_step", "per_layer", "sample_weight")
     },
     exact_fit=False,
     assemble=False,

@@ -78,15 +78,14 @@ class PreconditionerCache:
     design does not change); ``grams``, the block-Jacobi Gram matrices of the
     last call that computed them; ``left``, the Kronecker preconditioner's left
     factor (unless sample weights are learned), which is also the Gram matrix
-    of a squared loss; ``ridge``, a squared loss's normal equations (their
-    matrices and right-hand sides, with fixed weights); ``single``, the
-    features in single precision.
+    of a squared loss's normal equations; ``ridge``, their right-hand sides
+    (with fixed weights); ``single``, the features in single precision.
     """
 
     products: Tensor | None = None
     grams: Tensor | None = None
     left: Tensor | None = None
-    ridge: tuple | None = None
+    ridge: Tensor | None = None
     single: Tensor | None = None
 
 

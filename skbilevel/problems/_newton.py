@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..hypergrad._cg import conjugate_gradient, fold_dot, per_fold
 from ._base import Params
-from ._curvature import curvature
+from ._curvature import curvature, weighted_gram
 from ._linear_loss import LinearFolds, LinearLoss, fold_losses, with_intercept
 
 # Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
@@ -25,29 +25,32 @@ REFRESH_PRODUCTS = 20
 FAST_FORCING = 1e-3
 
 
-def _ridge_solve(X, Y, weights, penalty, fit_intercept, gram=None) -> Params:
+def _ridge_solve(gram: Tensor, rhs: Tensor, penalty: Tensor, fit_intercept) -> Params:
     """Exact minimizer, per fold k, of the weighted ridge objective.
 
     ``sum_i w_ki ||Y_i - x_i W_k - b_k||^2 + sum_j p_kj ||W_kj||^2``, by the
-    normal equations (the intercept column unpenalized); ``gram``, if given,
-    is ``(design^T diag(w_k) design, design^T diag(w_k) Y)`` per fold.
+    normal equations ``(G_k + diag(p_k)) theta_k = r_k``, with ``G_k`` and
+    ``r_k`` the design's weighted Gram matrix and right-hand side (the
+    intercept column unpenalized).
     """
-    if gram is None:
-        gram = _ridge_system(X, Y, weights, fit_intercept)
     if fit_intercept:
         penalty = torch.cat([penalty, torch.zeros_like(penalty[..., :1])], dim=-1)
-    factor = torch.linalg.cholesky(gram[0] + torch.diag_embed(penalty))
-    theta = torch.cholesky_solve(gram[1], factor)
+    factor = torch.linalg.cholesky(gram + torch.diag_embed(penalty))
+    theta = torch.cholesky_solve(rhs, factor)
     if fit_intercept:
         return {"coef": theta[:, :-1], "intercept": theta[:, -1]}
     return {"coef": theta}
 
 
-def _ridge_system(X, Y, weights, fit_intercept) -> tuple[Tensor, Tensor]:
-    """The Gram matrices and right-hand sides of the normal equations."""
-    design = with_intercept(X, fit_intercept)
-    weighted = weights[..., None] * design.expand(weights.shape[0], *design.shape[-2:])
-    return weighted.transpose(1, 2) @ design, weighted.transpose(1, 2) @ Y
+def _ridge_rhs(loss: LinearLoss, folds: LinearFolds, design, weights, learned):
+    """``design^T diag(w_k) Y`` per fold, computed once per run unless the
+    sample weights are learned."""
+    if learned or folds.cache.ridge is None:
+        rhs = design.transpose(-1, -2) @ (weights[..., None] * loss.ridge_targets)
+        if learned:
+            return rhs
+        folds.cache.ridge = rhs
+    return folds.cache.ridge
 
 
 def _fold_gradients(loss, folds, params, hparams) -> tuple[Tensor, Params]:
@@ -149,22 +152,15 @@ def solve(
     with torch.no_grad():
         hparams = {name: value.detach() for name, value in hparams.items()}
         if loss.ridge_targets is not None:
+            # The Gram matrices are the Kronecker preconditioner's left factor.
             penalty = loss.penalty(hparams) / loss.ridge_scale
             weights = loss.weights(hparams)
-            system = None
-            if "sample_weight" not in hparams:
-                # Fixed weights: the normal equations' matrices, once per run.
-                if folds.cache.ridge is None:
-                    folds.cache.ridge = _ridge_system(
-                        folds.X, loss.ridge_targets, weights, loss.fit_intercept
-                    )
-                system = folds.cache.ridge
+            learned = "sample_weight" in hparams
+            design = with_intercept(folds.X, loss.fit_intercept)
             return _ridge_solve(
-                folds.X,
-                loss.ridge_targets,
-                weights,
+                weighted_gram(design, weights, folds, learned),
+                _ridge_rhs(loss, folds, design, weights, learned),
                 penalty.expand(folds.n_train.shape[0], folds.X.shape[-1]),
                 loss.fit_intercept,
-                gram=system,
             )
         return newton_solve(loss, folds, params, hparams)
