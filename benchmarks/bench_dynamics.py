@@ -38,9 +38,10 @@ Usage::
         --threads 1
     nice python benchmarks/bench_dynamics.py --n-train 5000 --n-val 5000 \\
         --checkpoints 5 10 20 40 --memory-T --threads 1 \\
-        --output benchmarks/results/bench_dynamics_5000.md
+        --output benchmarks/results/bench_dynamics/n5000.md
 
-How to read the results: benchmarks/results/bench_dynamics_notes.md.
+How to read the results: benchmarks/results/bench_dynamics/notes.md; which
+files are current: the README.md beside it.
 """
 
 import argparse
@@ -231,7 +232,9 @@ def parse_args():
     parser.add_argument("--memory-T", type=int, nargs="*", default=[50, 100, 200, 400])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--output", default=str(RESULTS / "bench_dynamics.md"))
+    parser.add_argument(
+        "--output", default=str(RESULTS / "bench_dynamics" / "default.md")
+    )
     return parser.parse_args()
 
 

@@ -18,13 +18,15 @@ joint baseline gets ``--joint-share`` of it and the bilevel models split the
 rest equally. Meta-validation accuracy (episodes of the model's setting drawn
 from the 100 validation characters) is logged every ``--validation-interval``
 steps, giving an accuracy-vs-time curve. Tables are written to
-``benchmarks/results/bench_few_shot[_TAG].md`` and ``..._curve.csv``.
+``benchmarks/results/bench_few_shot/TAG.md`` (``default.md`` without
+``--tag``) and ``TAG_curve.csv``; the folder's README.md says which are
+current.
 
 Usage (CPU, one model per shot count trained on 20-way episodes, which
 scored higher on 5-way test episodes than 5-way training, the outer step
 decaying, the best validated checkpoint kept; the two run side by side, 47
-minutes of meta-training on 2 cores; see ``results/bench_few_shot_notes.md``,
-section 5)::
+minutes of meta-training on 2 cores; see
+``results/bench_few_shot/notes.md``, section 5)::
 
     common="--threads 1 --train-way 20 --meta-batch-size 4 --fixed-inner-lr \\
         --budget 2900 --early-stopping --n-iter-no-change 8 \\
@@ -54,7 +56,7 @@ from skbilevel.datasets import load_omniglot, omniglot_few_shot_splits
 from skbilevel.meta import HyperRepresentationClassifier, few_shot_score
 
 PAPER = {(5, 1): 98.6, (5, 5): 99.5, (20, 1): 95.5, (20, 5): 98.4}
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "bench_few_shot"
 
 
 def parse_args():
@@ -315,8 +317,8 @@ def write(args, table, curves, per_model, start):
     )
     text += markdown(curves.round(4)) + "\n"
     print(text)
-    name = "bench_few_shot" + (f"_{args.tag}" if args.tag else "")
-    RESULTS.mkdir(exist_ok=True)
+    name = args.tag or "default"
+    RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text)
     curves.to_csv(RESULTS / f"{name}_curve.csv", index=False)
 

@@ -198,7 +198,9 @@ def main():
         "--methods", nargs="+", default=list(METHODS), choices=list(METHODS)
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--output", default=str(RESULTS / "bench_hypergradient.md"))
+    parser.add_argument(
+        "--output", default=str(RESULTS / "bench_hypergradient" / "default.md")
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

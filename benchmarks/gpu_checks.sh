@@ -29,7 +29,7 @@ echo "== few-shot benchmark on the GPU"
 timeout $((BUDGET + 120)) python3 benchmarks/bench_few_shot.py --device cuda --data "$DATA" \
     --budget "$BUDGET" --meta-batch-size 32 --fixed-inner-lr --validation-interval 500 \
     --verbose 0 --tag gpu 2>&1 | tee "$RESULTS/gpu_few_shot.log"
-cp benchmarks/results/bench_few_shot_gpu* "$RESULTS"/ 2>/dev/null
+cp benchmarks/results/bench_few_shot/gpu* "$RESULTS"/ 2>/dev/null
 
 echo "== search tests with the GPU as the default device"
 timeout 60 "${PYTEST[@]}" -x tests/test_search.py 2>&1 | tee "$RESULTS/gpu_search_tests.log"
