@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from skbilevel.meta import HyperRepresentationClassifier, few_shot_score
+from skbilevel.plotting import MetaTrainingDisplay
 
 X, y = load_digits(return_X_y=True)
 X = X / 16
@@ -59,15 +60,17 @@ joint = HyperRepresentationClassifier(training="joint", **params)
 joint.fit(X[base], y[base], validation_data=new_data)
 print(f"learned inner learning rate: {hyper.learning_rate_:.3f}")
 
-plt.figure(figsize=(5, 3))
-for name, model in [("bilevel", hyper), ("joint", joint)]:
-    steps = [record["iteration"] for record in model.history_]
-    scores = [record["validation_score"] for record in model.history_]
-    plt.plot(steps, scores, marker="o", label=name)
-plt.xlabel("outer step")
-plt.ylabel("3-way 1-shot accuracy, new digits")
-plt.legend()
-plt.tight_layout()
+# %%
+# :class:`~skbilevel.plotting.MetaTrainingDisplay` draws each model's training
+# loss (for the bilevel model the query loss of the episodes' heads, for the
+# joint one the cross-entropy over the seven base classes: not comparable
+# between the rows) and the logged 3-way 1-shot accuracy on the new digits.
+fig, axes = plt.subplots(2, 2, figsize=(10, 6), layout="constrained")
+for row, (name, model) in zip(axes, [("bilevel", hyper), ("joint", joint)]):
+    MetaTrainingDisplay.from_estimator(model, ax=row)
+    for ax in row:
+        ax.set_title(f"{name} training: {ax.get_title()}")
+plt.show()
 
 # %%
 # Few-shot evaluation on the new classes

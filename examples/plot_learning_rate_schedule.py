@@ -25,6 +25,7 @@ from sklearn.model_selection import PredefinedSplit, train_test_split
 
 from skbilevel import BilevelSearchCV, PerStep
 from skbilevel.neural_network import TorchMLPClassifier
+from skbilevel.plotting import LearningRateScheduleDisplay, SearchTrajectoryDisplay
 
 # The network is tiny: one torch thread beats several, whose synchronization
 # at every one of the T steps costs more than it saves.
@@ -66,7 +67,6 @@ search = BilevelSearchCV(
     dtype="float64",
 )
 search.fit(X_fit, y_fit)
-schedule = search.best_params_["learning_rate"]
 losses = [entry["outer_loss"] for entry in search.history_]
 print(f"validation log-loss: {losses[0]:.3f} -> {losses[-1]:.3f}")
 
@@ -83,15 +83,12 @@ print(f"learned schedule: test accuracy {search.score(X_test, y_test):.3f}")
 # %%
 # The learned schedule
 # --------------------
-fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-left.plot(np.arange(T), schedule, marker=".", label="learned")
-left.axhline(0.01, color="gray", linestyle="--", label="initial (constant)")
-left.set_xlabel("training step t")
-left.set_ylabel("learning rate")
-left.set_yscale("log")
-left.legend()
-right.plot(losses)
-right.set_xlabel("outer step")
-right.set_ylabel("validation log-loss")
-fig.tight_layout()
+# :class:`~skbilevel.plotting.LearningRateScheduleDisplay` draws the learned
+# rate of each training step against the initial constant;
+# :class:`~skbilevel.plotting.SearchTrajectoryDisplay` the validation log-loss
+# against the outer step.
+fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+LearningRateScheduleDisplay.from_estimator(search, ax=left)
+SearchTrajectoryDisplay.from_estimator(search, ax=[right])
+right.get_legend().remove()
 plt.show()
