@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from skbilevel.hypergrad import METHODS, gradient_descent, heavy_ball
+from skbilevel.plotting import SearchTrajectoryDisplay
 
 X, y = load_diabetes(return_X_y=True)
 X_train, X_val, y_train, y_val = train_test_split(X, y, test_size=0.5, random_state=0)
@@ -97,6 +98,7 @@ fig.tight_layout()
 # minimizer of the validation loss found by a fine grid.
 solver = heavy_ball(inner_loss, learning_rate=1.0 / lipschitz, momentum=0.9)
 warm_start = {"params": w0}
+evaluations = []  # (alpha, validation loss) at each hypergradient
 
 
 def validation_loss_and_hypergradient(x):
@@ -105,6 +107,7 @@ def validation_loss_and_hypergradient(x):
         warm_start["params"], hparams, 5000, solver, outer_loss, tol=1e-10
     )
     warm_start["params"] = result.params
+    evaluations.append((np.exp(x[0]), float(result.outer_loss)))
     return float(result.outer_loss), result.grad["log_alpha"].numpy().reshape(1)
 
 
@@ -117,3 +120,21 @@ print(
     f"learned alpha: {np.exp(found.x[0]):.4f} in {found.nfev} hypergradients; "
     f"best of a 4001-point grid: {np.exp(best):.4f}"
 )
+
+# %%
+# The evaluations of L-BFGS-B, drawn by
+# :class:`~skbilevel.plotting.SearchTrajectoryDisplay` from the recorded
+# values (the display takes any trajectory, not only a fitted search's):
+# the validation loss and alpha at each hypergradient, with the grid's
+# minimizer as a dotted line.
+alpha_steps, loss_steps = np.array(evaluations).T
+display = SearchTrajectoryDisplay(
+    steps=[np.arange(len(evaluations))],
+    outer_losses=[loss_steps],
+    params={"alpha": [alpha_steps]},
+    run_names=["L-BFGS-B, implicit_cg"],
+    log_params=["alpha"],
+).plot()
+display.ax_[1].axhline(np.exp(best), color="k", ls=":", label="grid minimizer")
+display.ax_[1].legend()
+plt.show()
