@@ -3,18 +3,47 @@
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import clone
+from sklearn.linear_model import (
+    LogisticRegression,
+    Ridge,
+    RidgeClassifier,
+    SGDClassifier,
+    SGDRegressor,
+)
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_array
 
 from ..utils import to_tensor
 from ..utils._sklearn import _safe_indexing
 from ._base import FoldData
+from ._sparse import sparse_features
+
+# Final estimators whose adapters take sparse features as they come (a
+# :class:`~._sparse.SparseDesign`); the others get them densified.
+SPARSE_INPUT = (LogisticRegression, Ridge, RidgeClassifier, SGDClassifier, SGDRegressor)
 
 
 def _dense(X):
-    """Validated float64 features; the inner problems are dense tensors."""
+    """Validated float64 features, densified."""
     X = check_array(X, accept_sparse="csr", dtype=np.float64)
     return X.toarray() if sp.issparse(X) else X
+
+
+def _features(estimator, X, prefixes, device, dtype):
+    """The features of the final estimator: one tensor, or one per fold
+    stacked, or a :class:`~._sparse.SparseDesign` of sparse ones it takes."""
+    features = X if prefixes is None else [p.transform(X) for p in prefixes]
+    if isinstance(final_estimator(estimator), SPARSE_INPUT):
+        design = sparse_features(features, device=device, dtype=dtype)
+        if design is not None:
+            return design
+    if prefixes is None:
+        features = _dense(X)
+    else:
+        features = np.stack([_dense(part) for part in features])
+    # torch warns on read-only arrays (memory maps); it never writes, but copy.
+    features = np.require(features, requirements="W")
+    return to_tensor(features, device=device, dtype=dtype)
 
 
 def fit_prefixes(estimator, X, y, splits):
@@ -54,22 +83,18 @@ def fold_data(estimator, X, y, splits, sample_weight, device, dtype, prefixes=No
     """
     y = np.array(y)
     n = len(y)
-    if isinstance(estimator, Pipeline):
-        if prefixes is None:
-            prefixes = fit_prefixes(estimator, X, y, splits)
-        features = np.stack([_dense(prefix.transform(X)) for prefix in prefixes])
-    else:
-        features = _dense(X)
+    if not isinstance(estimator, Pipeline):
+        prefixes = None
+    elif prefixes is None:
+        prefixes = fit_prefixes(estimator, X, y, splits)
     train = np.zeros((len(splits), n))
     test = np.zeros((len(splits), n))
     for k, (train_idx, test_idx) in enumerate(splits):
         train[k, train_idx] = 1.0
         test[k, test_idx] = 1.0
     weights = np.ones(n) if sample_weight is None else np.array(sample_weight, float)
-    # torch warns on read-only arrays (memory maps); it never writes, but copy.
-    features = np.require(features, requirements="W")
     data = FoldData(
-        to_tensor(features, device=device, dtype=dtype),
+        _features(estimator, X, prefixes, device, dtype),
         y,
         to_tensor(train, device=device, dtype=dtype),
         to_tensor(test, device=device, dtype=dtype),

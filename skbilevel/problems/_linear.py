@@ -50,6 +50,7 @@ from ._linear_loss import (
     outer_loss,
 )
 from ._newton import solve
+from ._sparse import SPARSE_GRAM_FEATURES, SparseDesign
 
 SGD_CLASSIFIER_LOSSES = ("log_loss", "modified_huber", "squared_hinge", "squared_error")
 SGD_REGRESSOR_LOSSES = ("squared_error", "huber", "squared_epsilon_insensitive")
@@ -76,12 +77,16 @@ def linear_problem(data: FoldData, loss: LinearLoss) -> Problem:
     X = data.X
     size = X.numel() * data.train.shape[0] * loss.n_outputs
     double = X.dtype == torch.float64
+    # A sparse design forms Gram matrices only on few features, in its own
+    # precision.
+    dense = not isinstance(X, SparseDesign)
     folds = LinearFolds(
         data,
         n_train=data.train.sum(dim=1),
         blocks=X.shape[-1] <= BLOCK_FEATURES,
         single_products=double and size >= FAST_SIZE,
-        single_grams=double and size * X.shape[-1] >= FAST_SIZE * 16,
+        single_grams=dense and double and size * X.shape[-1] >= FAST_SIZE * 16,
+        grams=dense or X.shape[-1] <= SPARSE_GRAM_FEATURES,
     )
     return Problem(
         partial(init_params, loss, folds),

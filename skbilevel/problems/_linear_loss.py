@@ -17,6 +17,10 @@ from torch import Tensor
 from ..utils import to_numpy
 from ._base import FoldData, Params, validation_mean
 
+# The products of a dense or sparse design, re-exported for the adapters.
+from ._sparse import SparseDesign, matmul
+from ._sparse import transposed_matmul as transposed_matmul
+
 
 @dataclass(frozen=True, eq=False)
 class LinearLoss:
@@ -94,9 +98,11 @@ class LinearFolds:
     """The fold data of a linear problem and what is decided from its sizes.
 
     ``blocks``: the block-Jacobi preconditioner (few features) rather than the
-    Kronecker one; ``single_products`` and ``single_grams``: whether Hessian
-    products and the block-Jacobi Gram matrices may be taken in single
-    precision.
+    Kronecker one; ``grams``: whether Gram matrices are formed at all (not
+    for a sparse design with many features: a diagonal preconditioner and
+    Newton's conjugate gradient serve instead); ``single_products`` and
+    ``single_grams``: whether Hessian products and the block-Jacobi Gram
+    matrices may be taken in single precision.
     """
 
     data: FoldData
@@ -104,29 +110,12 @@ class LinearFolds:
     blocks: bool
     single_products: bool
     single_grams: bool
+    grams: bool = True
     cache: PreconditionerCache = field(default_factory=PreconditionerCache)
 
     @property
     def X(self) -> Tensor:
         return self.data.X
-
-
-def matmul(X: Tensor, coef: Tensor) -> Tensor:
-    """``X @ coef`` per fold, (K, n, c); one matrix product when X is shared."""
-    if X.dim() == 2:
-        n_folds, n_features, n_outputs = coef.shape
-        flat = coef.permute(1, 0, 2).reshape(n_features, n_folds * n_outputs)
-        return (X @ flat).reshape(X.shape[0], n_folds, n_outputs).permute(1, 0, 2)
-    return X @ coef
-
-
-def transposed_matmul(X: Tensor, response: Tensor) -> Tensor:
-    """``X^T @ response`` per fold, (K, d, c)."""
-    if X.dim() == 2:
-        n_folds, n, n_outputs = response.shape
-        flat = response.permute(1, 0, 2).reshape(n, n_folds * n_outputs)
-        return (X.T @ flat).reshape(X.shape[1], n_folds, n_outputs).permute(1, 0, 2)
-    return X.transpose(-1, -2) @ response
 
 
 def decision(X: Tensor, params: Params) -> Tensor:
@@ -139,6 +128,8 @@ def decision(X: Tensor, params: Params) -> Tensor:
 
 def with_intercept(X: Tensor, fit_intercept: bool) -> Tensor:
     """The design: ``X``, with a column of ones when fitting an intercept."""
+    if isinstance(X, SparseDesign):
+        return X.with_intercept(fit_intercept)
     if not fit_intercept:
         return X
     ones = torch.ones(X.shape[-2], 1, dtype=X.dtype, device=X.device)

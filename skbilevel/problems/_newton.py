@@ -16,6 +16,7 @@ from ..hypergrad._cg import conjugate_gradient, fold_dot, per_fold
 from ._base import Params
 from ._curvature import curvature, weighted_gram
 from ._linear_loss import LinearFolds, LinearLoss, fold_losses, with_intercept
+from ._sparse import SparseDesign, transposed_matmul
 
 # Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
 DAMPING = 1e-2
@@ -46,7 +47,10 @@ def _ridge_rhs(loss: LinearLoss, folds: LinearFolds, design, weights, learned):
     """``design^T diag(w_k) Y`` per fold, computed once per run unless the
     sample weights are learned."""
     if learned or folds.cache.ridge is None:
-        rhs = design.transpose(-1, -2) @ (weights[..., None] * loss.ridge_targets)
+        if isinstance(design, SparseDesign):
+            rhs = transposed_matmul(design, weights[..., None] * loss.ridge_targets)
+        else:
+            rhs = design.transpose(-1, -2) @ (weights[..., None] * loss.ridge_targets)
         if learned:
             return rhs
         folds.cache.ridge = rhs
@@ -151,8 +155,9 @@ def solve(
     """The inner solution, warm-started from ``params``, without a graph."""
     with torch.no_grad():
         hparams = {name: value.detach() for name, value in hparams.items()}
-        if loss.ridge_targets is not None:
-            # The Gram matrices are the Kronecker preconditioner's left factor.
+        if loss.ridge_targets is not None and folds.grams:
+            # The Gram matrices are the Kronecker preconditioner's left factor;
+            # without them (a wide sparse design), Newton's conjugate gradient.
             penalty = loss.penalty(hparams) / loss.ridge_scale
             weights = loss.weights(hparams)
             learned = "sample_weight" in hparams

@@ -1,0 +1,288 @@
+"""Sparse designs: CSR features kept sparse through the inner problems.
+
+A :class:`SparseDesign` holds a CSR matrix as torch CSR tensors, with its
+transpose stored beside it so that both ``X @ W`` and ``X^T @ R`` are row-wise
+sparse products (``X^T`` taken on the fly is several times slower). It stands
+where a dense ``(n, d)`` or ``(K, n, d)`` tensor stands in :class:`FoldData`,
+with the few tensor attributes the adapters read (``shape``, ``dtype``,
+``device``, ``dim()``, ``numel()``). Nothing here makes a dense ``(n, d)``
+array: the products are sparse, the Gram matrices ``X^T diag(w) X`` are
+``(d, d)`` (formed only when ``d`` is small) and the diagonal
+preconditioner's column norms are one sparse product.
+
+Any linear adapter can use these designs through :func:`matmul`,
+:func:`transposed_matmul`, :meth:`SparseDesign.grams` and
+:meth:`SparseDesign.squared_transposed_matmul`.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.utils import check_array
+from torch import Tensor
+
+from ..utils import to_tensor
+
+# Most features for which Gram matrices (d x d per fold and output) are formed
+# from a sparse design; past this, a diagonal preconditioner serves and
+# squared losses are solved by Newton's conjugate gradient.
+SPARSE_GRAM_FEATURES = 1024
+
+
+def to_sparse_tensor(X, *, device="cpu", dtype="float64") -> Tensor:
+    """A scipy CSR matrix as a torch CSR tensor, sharing its memory when the
+    device and dtype allow."""
+    values = to_tensor(X.data, device=device, dtype=dtype)
+    indptr, indices = _indices(X)
+    with warnings.catch_warnings():
+        # torch warns once per process that its CSR support is in beta.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(
+            indptr.to(values.device),
+            indices.to(values.device),
+            values,
+            size=X.shape,
+            check_invariants=False,
+        )
+
+
+def _indices(X):
+    dtype = np.int64 if max(X.shape) >= np.iinfo(np.int32).max else np.int32
+    return (
+        torch.from_numpy(np.require(X.indptr, dtype=dtype, requirements="W")),
+        torch.from_numpy(np.require(X.indices, dtype=dtype, requirements="W")),
+    )
+
+
+def canonical_csr(X):
+    """``X`` validated as float64 CSR with sorted, unique indices (copied only
+    when it is not already so)."""
+    X = check_array(X, accept_sparse="csr", dtype=np.float64)
+    if not X.has_canonical_format:
+        X = X.copy()
+        X.sum_duplicates()
+    return X
+
+
+class _Product(torch.autograd.Function):
+    """``matrix @ dense`` differentiable in ``dense`` to any order, the
+    backward product taken with the stored transpose."""
+
+    @staticmethod
+    def forward(ctx, dense, matrix, transposed):
+        ctx.matrices = (matrix, transposed)
+        return matrix @ dense.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        matrix, transposed = ctx.matrices
+        return _Product.apply(grad, transposed, matrix), None, None
+
+
+def _product(dense: Tensor, matrix: Tensor, transposed: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and dense.requires_grad:
+        return _Product.apply(dense, matrix, transposed)
+    return matrix @ dense.contiguous()
+
+
+class SparseDesign:
+    """Sparse features, shared by the K folds (n, d) or one matrix per fold
+    (K, n, d), as torch CSR tensors and their transposes.
+
+    ``intercept`` adds a column of ones (never stored) to the products and
+    the Gram matrices: the design of a model with an intercept.
+    """
+
+    def __init__(self, matrices, transposes, n_samples, n_features, intercept=False):
+        self.matrices = tuple(matrices)
+        self.transposes = tuple(transposes)
+        self.n_samples = n_samples
+        self.n_features = n_features
+        self.intercept = intercept
+        self._squared = None
+
+    @property
+    def shared(self) -> bool:
+        return len(self.matrices) == 1
+
+    @property
+    def shape(self) -> tuple:
+        columns = self.n_features + int(self.intercept)
+        if self.shared:
+            return (self.n_samples, columns)
+        return (len(self.matrices), self.n_samples, columns)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.matrices[0].values().dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.matrices[0].device
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        """The multiply-adds of one product with one column: the stored
+        entries (what sizes the work, as a dense tensor's entries do)."""
+        return sum(int(X.values().numel()) for X in self.matrices)
+
+    def float(self) -> "SparseDesign":
+        """The same design in single precision (the indices shared), for the
+        loose first products of the conjugate gradient."""
+        return SparseDesign(
+            [_with_values(X, X.values().float()) for X in self.matrices],
+            [_with_values(X, X.values().float()) for X in self.transposes],
+            self.n_samples,
+            self.n_features,
+            self.intercept,
+        )
+
+    def with_intercept(self, fit_intercept: bool) -> "SparseDesign":
+        """The same features, with a column of ones when ``fit_intercept``."""
+        if not fit_intercept:
+            return self
+        design = SparseDesign(
+            self.matrices, self.transposes, self.n_samples, self.n_features, True
+        )
+        design._squared = self._squared
+        return design
+
+    def matmul(self, coef: Tensor) -> Tensor:
+        """``X @ coef`` per fold, (K, n, c), from ``coef`` (K, D, c)."""
+        n_folds, _, n_outputs = coef.shape
+        features = coef[:, : self.n_features]
+        if self.shared:
+            flat = features.permute(1, 0, 2).reshape(self.n_features, -1)
+            scores = _product(flat, self.matrices[0], self.transposes[0])
+            scores = scores.reshape(self.n_samples, n_folds, n_outputs)
+            scores = scores.permute(1, 0, 2)
+        else:
+            scores = torch.stack(
+                [
+                    _product(features[k], X, XT)
+                    for k, (X, XT) in enumerate(zip(self.matrices, self.transposes))
+                ]
+            )
+        if self.intercept:
+            scores = scores + coef[:, self.n_features, None, :]
+        return scores
+
+    def transposed_matmul(self, response: Tensor) -> Tensor:
+        """``X^T @ response`` per fold, (K, D, c), from ``response`` (K, n, c)."""
+        n_folds, _, n_outputs = response.shape
+        if self.shared:
+            flat = response.permute(1, 0, 2).reshape(self.n_samples, -1)
+            product = _product(flat, self.transposes[0], self.matrices[0])
+            product = product.reshape(self.n_features, n_folds, n_outputs)
+            product = product.permute(1, 0, 2)
+        else:
+            product = torch.stack(
+                [
+                    _product(response[k], XT, X)
+                    for k, (X, XT) in enumerate(zip(self.matrices, self.transposes))
+                ]
+            )
+        if self.intercept:
+            product = torch.cat([product, response.sum(1, keepdim=True)], dim=1)
+        return product
+
+    def squared_transposed_matmul(self, weights: Tensor) -> Tensor:
+        """``sum_i weights[k, i, a] x_ij^2`` per fold, (K, D, c): the diagonal
+        of the weighted Gram matrices, without forming them."""
+        if self._squared is None:
+            # In single precision: a preconditioner needs no more.
+            self._squared = tuple(
+                _with_values(XT, XT.values().float() ** 2) for XT in self.transposes
+            )
+        squares = SparseDesign(
+            self.matrices, self._squared, self.n_samples, self.n_features, False
+        )
+        diagonal = squares.transposed_matmul(weights.float()).to(weights.dtype)
+        if self.intercept:
+            diagonal = torch.cat([diagonal, weights.sum(1, keepdim=True)], dim=1)
+        return diagonal
+
+    def grams(self, weights: Tensor) -> Tensor:
+        """``sum_i weights[..., i] x_i x_i^T`` per fold (and output), with the
+        intercept's column: (K, D, D) from weights (K, n), (K, c, D, D) from
+        weights (K, n, c). Each is a sparse product ``X^T (diag(w) X)``."""
+        per_output = weights.dim() == 3
+        flat = weights.transpose(1, 2) if per_output else weights[:, None, :]
+        n_folds, n_outputs, _ = flat.shape
+        size = self.shape[-1]
+        grams = flat.new_zeros(n_folds, n_outputs, size, size)
+        for k in range(n_folds):
+            X = self.matrices[0 if self.shared else k]
+            XT = self.transposes[0 if self.shared else k]
+            rows = _rows(X)
+            for a in range(n_outputs):
+                w = flat[k, a].to(self.dtype)
+                scaled = _with_values(X, X.values() * w[rows])
+                block = (XT @ scaled).to_dense()
+                grams[k, a, : self.n_features, : self.n_features] = block
+                if self.intercept:
+                    column = XT @ w
+                    grams[k, a, : self.n_features, -1] = column
+                    grams[k, a, -1, : self.n_features] = column
+                    grams[k, a, -1, -1] = w.sum()
+        return grams if per_output else grams[:, 0]
+
+
+def _with_values(X: Tensor, values: Tensor) -> Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(
+            X.crow_indices(),
+            X.col_indices(),
+            values,
+            size=X.shape,
+            check_invariants=False,
+        )
+
+
+def _rows(X: Tensor) -> Tensor:
+    """The row of each stored entry of a CSR tensor."""
+    crow = X.crow_indices()
+    counts = (crow[1:] - crow[:-1]).to(torch.int64)
+    return torch.repeat_interleave(torch.arange(X.shape[0], device=X.device), counts)
+
+
+def sparse_features(features, *, device, dtype) -> SparseDesign | None:
+    """The :class:`SparseDesign` of ``features`` (one CSR matrix, or one per
+    fold), or None when any of them is dense."""
+    matrices = features if isinstance(features, list) else [features]
+    if not all(sp.issparse(X) for X in matrices):
+        return None
+    matrices = [canonical_csr(X) for X in matrices]
+    return SparseDesign(
+        [to_sparse_tensor(X, device=device, dtype=dtype) for X in matrices],
+        [to_sparse_tensor(X.T.tocsr(), device=device, dtype=dtype) for X in matrices],
+        matrices[0].shape[0],
+        matrices[0].shape[1],
+    )
+
+
+def matmul(X, coef: Tensor) -> Tensor:
+    """``X @ coef`` per fold, (K, n, c), for a dense or sparse ``X``."""
+    if isinstance(X, SparseDesign):
+        return X.matmul(coef)
+    if X.dim() == 2:
+        n_folds, n_features, n_outputs = coef.shape
+        flat = coef.permute(1, 0, 2).reshape(n_features, n_folds * n_outputs)
+        return (X @ flat).reshape(X.shape[0], n_folds, n_outputs).permute(1, 0, 2)
+    return X @ coef
+
+
+def transposed_matmul(X, response: Tensor) -> Tensor:
+    """``X^T @ response`` per fold, (K, d, c), for a dense or sparse ``X``."""
+    if isinstance(X, SparseDesign):
+        return X.transposed_matmul(response)
+    if X.dim() == 2:
+        n_folds, n, n_outputs = response.shape
+        flat = response.permute(1, 0, 2).reshape(n, n_folds * n_outputs)
+        return (X.T @ flat).reshape(X.shape[1], n_folds, n_outputs).permute(1, 0, 2)
+    return X.transpose(-1, -2) @ response
