@@ -350,6 +350,13 @@ def _huber_solve(huber: HuberLoss, params: Params, hparams: Params) -> Params:
     its exact minimization (:func:`_optimal_scale`) keeps it optimal for the
     current residuals.
     """
+    epsilon = float(_huber_hparams(huber, hparams)[1])
+    if epsilon < 1:
+        raise ValueError(
+            "The 'epsilon' parameter of HuberRegressor must be a float in the "
+            f"range [1.0, inf). Got {epsilon!r} instead: give epsilon's Real "
+            "bounds of at least 1."
+        )
     with torch.no_grad():
         hparams = {name: value.detach() for name, value in hparams.items()}
         theta = _stack(huber, params).detach().clone()
