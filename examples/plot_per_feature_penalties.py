@@ -12,10 +12,10 @@ searches.
 The data: the 10 features of the diabetes dataset, plus 20 features of pure
 noise. A ridge regression with one penalty per feature
 (:class:`~skbilevel.PerFeature`) penalizes the noise features far more than
-the diabetes ones (the medians differ by a factor of about 70). It also shows the limit of the approach on small data: 30
-penalties learned from 265 training examples fit the validation folds better
-(a higher cross-validation score) without predicting held-out data better
-than the best single penalty.
+the diabetes ones (the medians differ by a factor of about 70). It also shows
+the limit of the approach on small data: 30 penalties learned from 265
+training examples fit the validation folds better (a higher cross-validation
+score) without predicting held-out data better than the best single penalty.
 """
 
 import matplotlib.pyplot as plt
