@@ -73,12 +73,25 @@ from ._base import (
     hyperparameter,
     validation_mean,
 )
-from ._linear_loss import decision, transposed_matmul
+from ._linear_loss import decision
+from ._sparse import SparseDesign, matmul, transposed_matmul
 
 # Refits of a fold whose solution fails the KKT check, each at a 1000 times
 # smaller tolerance of scikit-learn's solver.
 KKT_REFITS = 3
 NEWTON_STEPS = 20
+# Coordinate descent on a working set of features (WORKING_SET per sample,
+# grown by the KKT violators, at most WORKING_SET_ROUNDS times) on designs
+# with many more features than samples.
+WORKING_SET = 2
+WORKING_SET_ROUNDS = 20
+# Relative residual of each Newton step's conjugate gradient: from the
+# solver's approximate solution, a step cuts the restricted gradient by 1e8.
+POLISH_TOL = 1e-8
+# Most entries of the 0/1 matrix that gathers the support's columns (folds x
+# features x outputs x support size, 64 MiB in float64); past it, conjugate
+# gradient with a diagonal preconditioner serves.
+GATHER_SIZE = 2**23
 
 
 def l1_ratio_of(estimator):
@@ -209,17 +222,67 @@ def _gradient(model: SparseLinear, params: Params, hparams: Params):
     return grad, second
 
 
+def _support_inverse(model: SparseLinear, mask: Tensor, second: Tensor, l2: Tensor):
+    """``v -> H^{-1} v`` for the restricted Hessian ``H`` (identity off the
+    support), exact: the support's columns of ``X`` are gathered by one
+    product with a 0/1 selection matrix (so a sparse ``X`` serves as well), and
+    each fold's small Gram matrix (support size plus the intercept) is
+    inverted. None when the selection would exceed ``GATHER_SIZE`` entries."""
+    n_folds, n_features, n_outputs = mask.shape
+    size = max(int(mask.sum(1).max()), 1)
+    if n_folds * n_features * n_outputs * size > GATHER_SIZE:
+        return None
+    # The support's features first, in order, then padding (the first
+    # zero-valued entries past the support's size).
+    index = torch.argsort(mask, dim=1, descending=True, stable=True)[:, :size]
+    valid = (torch.arange(size)[None, :, None] < mask.sum(1, keepdim=True)).to(
+        mask.dtype
+    )
+    selection = mask.new_zeros(n_folds, n_features, n_outputs, size)
+    columns = torch.arange(size).expand(n_folds, n_outputs, size).transpose(1, 2)
+    selection[
+        torch.arange(n_folds)[:, None, None],
+        index,
+        torch.arange(n_outputs)[None, None, :],
+        columns,
+    ] = valid
+    gathered = matmul(model.data.X, selection.reshape(n_folds, n_features, -1))
+    design = gathered.reshape(n_folds, -1, n_outputs, size).permute(0, 2, 1, 3)
+    if model.fit_intercept:
+        design = torch.cat([design, torch.ones_like(design[..., :1])], dim=-1)
+    weighted = second.permute(0, 2, 1)[..., None] * design
+    hessian = design.transpose(-1, -2) @ weighted
+    l2_on = torch.gather(l2[..., None].expand_as(mask), 1, index).transpose(1, 2)
+    diagonal = valid.transpose(1, 2) * l2_on + (1.0 - valid.transpose(1, 2))
+    if model.fit_intercept:
+        diagonal = torch.cat([diagonal, torch.zeros_like(diagonal[..., :1])], -1)
+    inverse = torch.linalg.pinv(hessian + torch.diag_embed(diagonal), hermitian=True)
+
+    def solve(v):
+        on = torch.gather(v["coef"], 1, index).transpose(1, 2)
+        if model.fit_intercept:
+            on = torch.cat([on, v["intercept"][..., None]], dim=-1)
+        solved = (inverse @ on[..., None])[..., 0]
+        coef = (1.0 - mask) * v["coef"]
+        coef = coef.scatter_add(
+            1, index, (solved[..., :size] * valid.transpose(1, 2)).transpose(1, 2)
+        )
+        result = {"coef": coef}
+        if model.fit_intercept:
+            result["intercept"] = solved[..., size]
+        return result
+
+    return solve
+
+
 def curvature(model: SparseLinear, params: Params, hparams: Params) -> Curvature:
-    """The restricted Hessian (identity off the support) and its diagonal."""
+    """The restricted Hessian (identity off the support) as products, and its
+    exact inverse as the preconditioner (its diagonal's where the support's
+    columns are too many to gather)."""
     X = model.data.X
     mask, _ = _support(params["coef"])
     _, l2 = model.penalties(hparams)
     _, second = _gradient(model, params, hparams)
-    squares = X * X
-    diagonal = {"coef": mask * (transposed_matmul(squares, second) + l2[..., None])}
-    diagonal["coef"] = diagonal["coef"] + (1.0 - mask)
-    if model.fit_intercept:
-        diagonal["intercept"] = second.sum(1)
 
     def hessian_vector(v):
         on = {**v, "coef": v["coef"] * mask}
@@ -232,8 +295,19 @@ def curvature(model: SparseLinear, params: Params, hparams: Params) -> Curvature
             product["intercept"] = scores.sum(1)
         return product
 
-    def precondition(v):
-        return {name: v[name] / diagonal[name].clamp_min(1e-300) for name in v}
+    precondition = _support_inverse(model, mask, second, l2)
+    if precondition is None:
+        squares = (
+            X.squared_transposed_matmul(second)
+            if isinstance(X, SparseDesign)
+            else transposed_matmul(X * X, second)
+        )
+        diagonal = {"coef": mask * (squares + l2[..., None]) + (1.0 - mask)}
+        if model.fit_intercept:
+            diagonal["intercept"] = second.sum(1)
+
+        def precondition(v):
+            return {name: v[name] / diagonal[name].clamp_min(1e-300) for name in v}
 
     return Curvature(hessian_vector, precondition)
 
@@ -261,7 +335,7 @@ def polish(model: SparseLinear, params: Params, hparams: Params) -> Params:
         step, _, _ = conjugate_gradient(
             at.hessian_vector,
             grad,
-            tol=1e-13,
+            tol=POLISH_TOL,
             max_iter=max(100, 2 * model.data.train.shape[1]),
             precondition=at.precondition,
             batched=True,
@@ -439,19 +513,28 @@ def _problem(model: SparseLinear) -> Problem:
     )
 
 
-def _numpy_design(X: Tensor):
-    """``X`` for scikit-learn's solvers: a numpy array, or scipy CSR when
-    ``X`` is a torch sparse CSR tensor."""
-    if X.layout == torch.sparse_csr:
-        return sp.csr_matrix(
-            (
-                to_numpy(X.values()),
-                to_numpy(X.col_indices()),
-                to_numpy(X.crow_indices()),
-            ),
-            shape=tuple(X.shape),
-        )
-    return to_numpy(X)
+def _numpy_designs(X, n_folds):
+    """Each fold's features for scikit-learn's solvers: numpy arrays, or
+    scipy CSR matrices from a :class:`~._sparse.SparseDesign`."""
+    if isinstance(X, SparseDesign):
+        matrices = [_scipy_csr(M) for M in X.matrices]
+    elif X.dim() == 3:
+        matrices = [to_numpy(X[k]) for k in range(X.shape[0])]
+    else:
+        matrices = [to_numpy(X)]
+    return matrices * n_folds if len(matrices) == 1 else matrices
+
+
+def _scipy_csr(X: Tensor):
+    """A torch sparse CSR tensor as a scipy CSR matrix."""
+    return sp.csr_matrix(
+        (
+            to_numpy(X.values()),
+            to_numpy(X.col_indices()),
+            to_numpy(X.crow_indices()),
+        ),
+        shape=tuple(X.shape),
+    )
 
 
 def _rescaled(X, scale):
@@ -461,40 +544,78 @@ def _rescaled(X, scale):
 
 
 def _fold_fitter(estimator, data: FoldData, targets, settings):
-    """``fold_fit`` of :class:`SparseLinear`: ``estimator`` cloned with the
-    fold's hyperparameters (``settings(hparams) -> (params, penalty name,
-    per-feature values or None)``) and fitted on the fold's training rows."""
+    """``fold_fit`` of :func:`_fit_folds`: ``estimator`` cloned with the
+    fold's hyperparameters (``settings(hparams) -> (params, per-feature
+    values or None)``) and fitted on the fold's training rows."""
     X = data.X
-    designs = (
-        [_numpy_design(X[k]) for k in range(X.shape[0])]
-        if X.dim() == 3
-        else [_numpy_design(X)] * data.train.shape[0]
-    )
     rows = [np.flatnonzero(train) for train in to_numpy(data.train)]
+    # Each fold's training rows once, column-major as coordinate descent
+    # reads them (its input checks are then skipped).
+    designs = [design[rows[k]] for k, design in enumerate(_numpy_designs(X, len(rows)))]
+    designs = [d if sp.issparse(d) else np.asfortranarray(d) for d in designs]
+    fold_targets = [np.asfortranarray(targets[r], dtype=np.float64) for r in rows]
     max_iter = max(estimator.max_iter, 10_000)
 
     def fold_fit(k, hparams, weights, warm, tol):
         params, per_feature = settings(hparams)
-        # A per-feature L1 weight is scikit-learn's scalar penalty of 1 on the
-        # features rescaled by 1 / weight (alpha) or by the weight (C).
-        scale = None if per_feature is None else per_feature
         fold = clone(estimator).set_params(
             **params, tol=tol, max_iter=max_iter, warm_start=True
         )
+        # A per-feature L1 weight is the scalar penalty 1 on the features
+        # divided by their weights.
+        scale = per_feature
         coef = warm["coef"] if scale is None else warm["coef"] / scale[:, None]
-        if isinstance(fold, LogisticRegression):
-            fold.coef_ = coef.T
-            fold.intercept_ = warm.get("intercept", np.zeros(1))
-        else:
-            fold.coef_ = coef[:, 0] if targets.ndim == 1 else coef.T
-        design = _rescaled(designs[k][rows[k]], scale)
-        fold.fit(design, targets[rows[k]], sample_weight=weights[rows[k]])
-        fitted = np.reshape(fold.coef_, (-1, coef.shape[0])).T
+        design = _rescaled(designs[k], scale)
+        weights = weights[rows[k]]
+        weights = None if np.all(weights == 1) else weights
+        threshold = params["alpha"] * params.get("l1_ratio", 1.0)
+        intercept = warm.get("intercept", np.zeros(coef.shape[1]))
+        working = _working_set(design, fold_targets[k], weights, coef, intercept)
+        for _ in range(WORKING_SET_ROUNDS):
+            fold.coef_ = coef[working].T
+            fold.fit(
+                design[:, working],
+                fold_targets[k],
+                sample_weight=weights,
+                check_input=True,
+            )
+            coef = np.zeros_like(coef)
+            coef[working] = np.reshape(fold.coef_, (coef.shape[1], -1)).T
+            intercept = np.atleast_1d(fold.intercept_)
+            # Features outside the working set that violate their KKT
+            # condition join it (strong-rule screening, checked).
+            gradient = _data_gradient(design, fold_targets[k], weights, coef, intercept)
+            violating = (np.abs(gradient) > threshold * (1 + 1e-9)).any(axis=1)
+            violating[working] = False
+            if not violating.any():
+                break
+            working = np.union1d(working, np.flatnonzero(violating))
         if scale is not None:
-            fitted = fitted * scale[:, None]
-        return fitted, np.atleast_1d(fold.intercept_)
+            coef = coef * scale[:, None]
+        return coef, intercept
 
     return fold_fit
+
+
+def _data_gradient(design, targets, weights, coef, intercept):
+    """The squared loss's gradient ``X^T s r / sum(s)`` (d, c), numpy."""
+    residual = targets.reshape(len(targets), -1) - design @ coef - intercept
+    if weights is None:
+        return design.T @ residual / len(targets)
+    return design.T @ (weights[:, None] * residual) / weights.sum()
+
+
+def _working_set(design, targets, weights, coef, intercept):
+    """The features coordinate descent starts on: the warm start's support
+    and the features with the largest gradients, ``WORKING_SET`` per sample
+    (all of them on a design with few features)."""
+    n_samples, n_features = design.shape
+    size = WORKING_SET * n_samples
+    if n_features <= 2 * size:
+        return np.arange(n_features)
+    gradient = np.abs(_data_gradient(design, targets, weights, coef, intercept))
+    largest = np.argsort(-gradient.max(axis=1))[:size]
+    return np.union1d(largest, np.flatnonzero(np.abs(coef).sum(axis=1)))
 
 
 def _values(hparams, name, default, like):
