@@ -14,19 +14,33 @@ from dataclasses import dataclass, field
 
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import (
+    ElasticNet,
+    GammaRegressor,
+    HuberRegressor,
+    Lasso,
     LogisticRegression,
+    PoissonRegressor,
     Ridge,
     RidgeClassifier,
     SGDClassifier,
     SGDRegressor,
+    TweedieRegressor,
 )
+from sklearn.svm import SVC, SVR, LinearSVC, LinearSVR
 
 from .._space import SPEC_NAMES, feature_scale
 from ..neural_network import TorchMLPClassifier, TorchMLPRegressor
 from ..neural_network._base import _LEARNABLE as MLP_LEARNABLE
 from ._base import FoldData, Problem
 from ._data import fold_data
+from ._glm import generalized_linear, huber
 from ._kernel import KERNELS, kernel_ridge
+from ._l1 import (
+    elastic_net,
+    feature_penalty_power,
+    l1_penalized,
+    sparse_logistic_regression,
+)
 from ._linear import (
     SGD_CLASSIFIER_LOSSES,
     SGD_REGRESSOR_LOSSES,
@@ -35,6 +49,9 @@ from ._linear import (
     ridge_classifier,
     sgd,
 )
+from ._linear_svm import build_linear_svm
+from ._mlp import scikit_learn_mlp
+from ._svm import build_svm
 
 
 def _refusals(estimator, learned):
@@ -45,10 +62,12 @@ def _refusals(estimator, learned):
         "positive=True": params.get("positive", False),
         "solver='liblinear'": params.get("solver") == "liblinear",
         "dual=True": params.get("dual", False),
-        "a penalty other than L2": params.get("penalty", "l2")
-        not in ("deprecated", "l2")
-        or params.get("l1_ratio") not in (None, 0, 0.0)
-        and not is_sgd,
+        "a penalty other than L2": (
+            params.get("penalty", "l2") not in ("deprecated", "l2")
+            or params.get("l1_ratio") not in (None, 0, 0.0)
+            and not is_sgd
+        )
+        and not l1_penalized(estimator, learned),
         f"loss={params.get('loss')!r} (not smooth)": is_sgd
         and params["loss"] not in SGD_CLASSIFIER_LOSSES + SGD_REGRESSOR_LOSSES,
         f"kernel={params.get('kernel')!r}": isinstance(estimator, KernelRidge)
@@ -89,6 +108,29 @@ def _argmin(adapter):
     return build
 
 
+def _argmin_learned(adapter):
+    """An adapter of (estimator, data, learned, options), called as a build."""
+
+    def build(estimator, data, learned, options):
+        _check_argmin_settings(estimator, learned)
+        return adapter(estimator, data, learned, options)
+
+    return build
+
+
+def _logistic(estimator, data, learned, options):
+    # An L1 or elastic-net penalty (or a learned l1_ratio) is differentiated
+    # on the support of the solution, an L2 one everywhere.
+    if l1_penalized(estimator, learned):
+        build = _argmin_learned(sparse_logistic_regression)
+        return build(estimator, data, learned, options)
+    return _argmin(logistic_regression)(estimator, data, learned, options)
+
+
+def _squares(estimator):
+    return 2
+
+
 def _unrolled(estimator, data, learned, options):
     # The torch MLPs describe their own problem: the very steps fit runs.
     return estimator._bilevel_problem(data, learned, options)
@@ -117,6 +159,15 @@ class Record:
     unrolled : bool, default=False
         Whether ``fit`` is T differentiable training steps (the hypergradient
         goes through them) rather than an argmin.
+    feature_power : callable, default=2
+        ``feature_power(estimator) -> p``: a per-feature penalty weighs
+        ``|w_j|^p`` (2 for L2, 1 for L1), which sets the rescaling step that
+        expresses it (:func:`feature_scale`).
+    implicit_only : bool, default=False
+        Whether the inner problem is only defined at the solution ``solve``
+        returns (an SVM's dual, differentiated on its free set), so that only
+        the implicit methods apply, not steps of gradient descent on
+        ``inner_loss``.
     """
 
     build: Callable
@@ -124,10 +175,15 @@ class Record:
     exact_fit: bool = True
     assemble: bool = True
     unrolled: bool = False
+    feature_power: Callable = _squares
+    implicit_only: bool = False
+
+
+_WEIGHT = ("sample_weight",)
 
 
 def _linear_record(real, **record):
-    learnable = {"real": real, "per_feature": real, "sample_weight": ("sample_weight",)}
+    learnable = {"real": real, "per_feature": real, "sample_weight": _WEIGHT}
     return {"learnable": learnable, **record}
 
 
@@ -151,7 +207,29 @@ REGISTRY = {
     RidgeClassifier: Record(
         _argmin(ridge_classifier), **_linear_record(("alpha",), assemble=False)
     ),
-    LogisticRegression: Record(_argmin(logistic_regression), **_linear_record(("C",))),
+    LogisticRegression: Record(
+        _logistic,
+        {"real": ("C", "l1_ratio"), "per_feature": ("C",), "sample_weight": _WEIGHT},
+        feature_power=feature_penalty_power,
+    ),
+    # The L1 family's inner loss is its objective restricted to the support
+    # of the point it is evaluated at: defined at the solution only.
+    Lasso: Record(
+        _argmin_learned(elastic_net),
+        **_linear_record(("alpha",)),
+        feature_power=feature_penalty_power,
+        implicit_only=True,
+    ),
+    ElasticNet: Record(
+        _argmin_learned(elastic_net),
+        {
+            "real": ("alpha", "l1_ratio"),
+            "per_feature": ("alpha",),
+            "sample_weight": _WEIGHT,
+        },
+        feature_power=feature_penalty_power,
+        implicit_only=True,
+    ),
     KernelRidge: Record(
         _argmin(kernel_ridge), {"real": ("alpha", "gamma")}, exact_fit=True
     ),
@@ -160,6 +238,42 @@ REGISTRY = {
     SGDRegressor: Record(_argmin(sgd), **_linear_record(("alpha",), exact_fit=False)),
     TorchMLPClassifier: _MLP,
     TorchMLPRegressor: _MLP,
+    # libsvm's fit is the inner solve (to its tol); a fitted SVC or SVR keeps
+    # its dual in private attributes, so its rows are scored by its own fit.
+    SVC: Record(
+        build_svm, {"real": ("C", "gamma")}, assemble=False, implicit_only=True
+    ),
+    SVR: Record(
+        build_svm,
+        {"real": ("C", "gamma", "epsilon")},
+        assemble=False,
+        implicit_only=True,
+    ),
+    LinearSVC: Record(build_linear_svm, {"real": ("C",)}),
+    LinearSVR: Record(build_linear_svm, {"real": ("C", "epsilon")}),
+    # The GLMs' predict reads a private loss object that only their fit
+    # sets: their rows are scored by refitting (L-BFGS, cheap).
+    PoissonRegressor: Record(
+        _argmin(generalized_linear), **_linear_record(("alpha",), assemble=False)
+    ),
+    GammaRegressor: Record(
+        _argmin(generalized_linear), **_linear_record(("alpha",), assemble=False)
+    ),
+    TweedieRegressor: Record(
+        _argmin(generalized_linear), **_linear_record(("alpha",), assemble=False)
+    ),
+    # HuberRegressor's scale tends to 0 as epsilon tends to 1, where its
+    # inner problem degenerates (least absolute deviation): its rows are
+    # scored by its own fit, never by a solution short of convergence.
+    HuberRegressor: Record(
+        _argmin(huber),
+        {
+            "real": ("alpha", "epsilon"),
+            "per_feature": ("alpha",),
+            "sample_weight": ("sample_weight",),
+        },
+        assemble=False,
+    ),
 }
 
 SUPPORTED_ESTIMATORS = ", ".join(
@@ -171,6 +285,9 @@ SUPPORTED_ESTIMATORS = ", ".join(
 def lookup(estimator) -> Record:
     """The registry record of ``estimator``, or a TypeError naming the
     supported estimators."""
+    mlp = scikit_learn_mlp(estimator)
+    if mlp is not None:
+        raise mlp
     if type(estimator) not in REGISTRY:
         raise TypeError(
             f"{type(estimator).__name__} cannot be differentiated, so its "
