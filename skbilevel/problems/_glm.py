@@ -71,9 +71,10 @@ def _family(estimator):
     raise ValueError(
         f"Continuous hyperparameters of TweedieRegressor are not supported with "
         f"power={estimator.power!r} and link={link!r}: the half Tweedie deviance "
-        "is not convex in the scores there, so its minimizer cannot be "
-        "differentiated reliably. Supported: power=0 with the identity link, "
-        "1 <= power <= 2 with the log link."
+        "is not convex in the scores there (with the identity link and a "
+        "power other than 0, it is defined only for positive scores), so its "
+        "minimizer cannot be differentiated reliably. Supported: power=0 with "
+        "the identity link, 1 <= power <= 2 with the log link."
     )
 
 
