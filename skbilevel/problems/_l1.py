@@ -51,10 +51,8 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
 from sklearn.preprocessing import LabelEncoder
@@ -73,6 +71,7 @@ from ._base import (
     hyperparameter,
     validation_mean,
 )
+from ._l1_fit import fit_folds, fold_fitter
 from ._linear_loss import decision
 from ._sparse import SparseDesign, matmul, transposed_matmul
 
@@ -80,11 +79,6 @@ from ._sparse import SparseDesign, matmul, transposed_matmul
 # smaller tolerance of scikit-learn's solver.
 KKT_REFITS = 3
 NEWTON_STEPS = 20
-# Coordinate descent on a working set of features (WORKING_SET per sample,
-# grown by the KKT violators, at most WORKING_SET_ROUNDS times) on designs
-# with many more features than samples.
-WORKING_SET = 2
-WORKING_SET_ROUNDS = 20
 # Relative residual of each Newton step's conjugate gradient: from the
 # solver's approximate solution, a step cuts the restricted gradient by 1e8.
 POLISH_TOL = 1e-8
@@ -360,27 +354,6 @@ def kkt(model: SparseLinear, params: Params, signs: Tensor, hparams: Params):
     return stationary & same & off
 
 
-def _fit_folds(fold_fit, model, params, hparams, folds, tol):
-    """scikit-learn's fits (``fold_fit``) of ``folds``, warm-started from
-    ``params``."""
-    weights = to_numpy(model.weights(hparams))
-    params = {name: value.clone() for name, value in params.items()}
-    with warnings.catch_warnings():
-        # The KKT check, not the solver's stopping rule, decides.
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", FutureWarning)
-        for k in folds:
-            warm = {name: to_numpy(value[k]) for name, value in params.items()}
-            coef, intercept = fold_fit(k, hparams, weights[k], warm, tol)
-            like = params["coef"]
-            params["coef"][k] = to_tensor(coef, device=like.device, dtype=like.dtype)
-            if model.fit_intercept:
-                params["intercept"][k] = to_tensor(
-                    intercept, device=like.device, dtype=like.dtype
-                )
-    return params
-
-
 def solve(model: SparseLinear, params: Params, hparams: Params) -> Params:
     """Each fold fitted by scikit-learn, polished on its support, KKT-checked."""
     hparams = {name: value.detach() for name, value in hparams.items()}
@@ -513,111 +486,6 @@ def _problem(model: SparseLinear) -> Problem:
     )
 
 
-def _numpy_designs(X, n_folds):
-    """Each fold's features for scikit-learn's solvers: numpy arrays, or
-    scipy CSR matrices from a :class:`~._sparse.SparseDesign`."""
-    if isinstance(X, SparseDesign):
-        matrices = [_scipy_csr(M) for M in X.matrices]
-    elif X.dim() == 3:
-        matrices = [to_numpy(X[k]) for k in range(X.shape[0])]
-    else:
-        matrices = [to_numpy(X)]
-    return matrices * n_folds if len(matrices) == 1 else matrices
-
-
-def _scipy_csr(X: Tensor):
-    """A torch sparse CSR tensor as a scipy CSR matrix."""
-    return sp.csr_matrix(
-        (
-            to_numpy(X.values()),
-            to_numpy(X.col_indices()),
-            to_numpy(X.crow_indices()),
-        ),
-        shape=tuple(X.shape),
-    )
-
-
-def _rescaled(X, scale):
-    if scale is None:
-        return X
-    return X @ sp.diags(scale) if sp.issparse(X) else X * scale
-
-
-def _fold_fitter(estimator, data: FoldData, targets, settings):
-    """``fold_fit`` of :func:`_fit_folds`: ``estimator`` cloned with the
-    fold's hyperparameters (``settings(hparams) -> (params, per-feature
-    values or None)``) and fitted on the fold's training rows."""
-    X = data.X
-    rows = [np.flatnonzero(train) for train in to_numpy(data.train)]
-    # Each fold's training rows once, column-major as coordinate descent
-    # reads them (its input checks are then skipped).
-    designs = [design[rows[k]] for k, design in enumerate(_numpy_designs(X, len(rows)))]
-    designs = [d if sp.issparse(d) else np.asfortranarray(d) for d in designs]
-    fold_targets = [np.asfortranarray(targets[r], dtype=np.float64) for r in rows]
-    max_iter = max(estimator.max_iter, 10_000)
-
-    def fold_fit(k, hparams, weights, warm, tol):
-        params, per_feature = settings(hparams)
-        fold = clone(estimator).set_params(
-            **params, tol=tol, max_iter=max_iter, warm_start=True
-        )
-        # A per-feature L1 weight is the scalar penalty 1 on the features
-        # divided by their weights.
-        scale = per_feature
-        coef = warm["coef"] if scale is None else warm["coef"] / scale[:, None]
-        design = _rescaled(designs[k], scale)
-        weights = weights[rows[k]]
-        weights = None if np.all(weights == 1) else weights
-        threshold = params["alpha"] * params.get("l1_ratio", 1.0)
-        intercept = warm.get("intercept", np.zeros(coef.shape[1]))
-        working = _working_set(design, fold_targets[k], weights, coef, intercept)
-        for _ in range(WORKING_SET_ROUNDS):
-            fold.coef_ = coef[working].T
-            fold.fit(
-                design[:, working],
-                fold_targets[k],
-                sample_weight=weights,
-                check_input=True,
-            )
-            coef = np.zeros_like(coef)
-            coef[working] = np.reshape(fold.coef_, (coef.shape[1], -1)).T
-            intercept = np.atleast_1d(fold.intercept_)
-            # Features outside the working set that violate their KKT
-            # condition join it (strong-rule screening, checked).
-            gradient = _data_gradient(design, fold_targets[k], weights, coef, intercept)
-            violating = (np.abs(gradient) > threshold * (1 + 1e-9)).any(axis=1)
-            violating[working] = False
-            if not violating.any():
-                break
-            working = np.union1d(working, np.flatnonzero(violating))
-        if scale is not None:
-            coef = coef * scale[:, None]
-        return coef, intercept
-
-    return fold_fit
-
-
-def _data_gradient(design, targets, weights, coef, intercept):
-    """The squared loss's gradient ``X^T s r / sum(s)`` (d, c), numpy."""
-    residual = targets.reshape(len(targets), -1) - design @ coef - intercept
-    if weights is None:
-        return design.T @ residual / len(targets)
-    return design.T @ (weights[:, None] * residual) / weights.sum()
-
-
-def _working_set(design, targets, weights, coef, intercept):
-    """The features coordinate descent starts on: the warm start's support
-    and the features with the largest gradients, ``WORKING_SET`` per sample
-    (all of them on a design with few features)."""
-    n_samples, n_features = design.shape
-    size = WORKING_SET * n_samples
-    if n_features <= 2 * size:
-        return np.arange(n_features)
-    gradient = np.abs(_data_gradient(design, targets, weights, coef, intercept))
-    largest = np.argsort(-gradient.max(axis=1))[:size]
-    return np.union1d(largest, np.flatnonzero(np.abs(coef).sum(axis=1)))
-
-
 def _values(hparams, name, default, like):
     value = hyperparameter(hparams, name, default, like)
     return value, to_numpy(value)
@@ -665,7 +533,7 @@ def elastic_net(estimator, data: FoldData, learned, options) -> Problem:
         fit_intercept=estimator.fit_intercept,
         weights=lambda hparams: fold_weights(data, hparams),
         penalties=penalties,
-        fit=partial(_fit_folds, _fold_fitter(estimator, data, Y, settings)),
+        fit=partial(fit_folds, fold_fitter(estimator, data, Y, settings)),
         tol=1e-3 * options["tol"],
         one_dimensional=Y.ndim == 1,
     )
