@@ -19,6 +19,7 @@ from numbers import Integral
 from numbers import Real as RealNumber
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.base import clone
 from sklearn.pipeline import Pipeline
@@ -35,24 +36,32 @@ def _check_bounds(low, high, log):
         raise ValueError(f"low must be positive when log=True; got low={low}.")
 
 
-def feature_scale(name, values):
+def feature_scale(name, values, power=2):
     """The feature rescaling under which a scalar penalty of 1 equals ``values``.
 
-    A weight ``w_j`` on feature ``s_j x_j`` costs ``w_j^2 / s_j^2`` in terms of
-    the original weight, so per-feature ``alpha_j`` is ``s_j = alpha_j^{-1/2}``
-    and per-feature ``C_j`` (an inverse penalty) is ``s_j = C_j^{1/2}``.
+    A weight ``w_j`` on feature ``s_j x_j`` costs ``|w_j|^p / s_j^p`` in terms
+    of the original weight, for a penalty on ``|w_j|^p``: per-feature
+    ``alpha_j`` is ``s_j = alpha_j^{-1/p}`` and per-feature ``C_j`` (an inverse
+    penalty) is ``s_j = C_j^{1/p}``; ``p = 2`` for L2 (``s_j = alpha_j^{-1/2}``),
+    ``p = 1`` for the weighted Lasso (``s_j = 1 / alpha_j``).
 
     Examples
     --------
     >>> from skbilevel.problems import feature_scale
     >>> feature_scale("alpha", [4.0, 0.25])
     array([0.5, 2. ])
+    >>> feature_scale("alpha", [4.0, 0.25], power=1)
+    array([0.25, 4.  ])
     """
     values = np.asarray(values, dtype=float)
-    return np.sqrt(values) if name == "C" else 1.0 / np.sqrt(values)
+    exponent = 1.0 / power
+    return values**exponent if name == "C" else values**-exponent
 
 
 def _rescale(X, scale):
+    # Sparse features stay sparse: their columns times a sparse diagonal.
+    if sp.issparse(X):
+        return X.astype(np.float64) @ sp.diags(scale)
     return np.asarray(X, dtype=np.float64) * scale
 
 
@@ -61,15 +70,22 @@ def with_feature_penalties(estimator, key, values):
 
     A Pipeline whose fixed rescaling step (validating the number and names of
     the features it is given) precedes the final estimator, whose penalty
-    parameter is set to 1.
+    parameter is set to 1. The power of the penalty the rescaling matches
+    (L2 or L1) is the one the estimator's registry record gives.
     """
+    # Imported here: the registry imports the specs.
+    from .problems import lookup
+
     name = key.rsplit("__", 1)[-1]
+    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    power = lookup(final).feature_power(final)
     step = (
         "feature_scale",
         FunctionTransformer(
             _rescale,
-            kw_args={"scale": feature_scale(name, values)},
+            kw_args={"scale": feature_scale(name, values, power)},
             validate=True,
+            accept_sparse=True,
             feature_names_out="one-to-one",
         ),
     )
