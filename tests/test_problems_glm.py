@@ -48,8 +48,6 @@ def _problem(estimator, X, y, learned, sample_weight=None, options=OPTIONS):
     splits = list(KFold(3).split(X))
     final, data = fold_data(estimator, X, y, splits, sample_weight, "cpu", "float64")
     kinds = {name: "real" for name in learned}
-    if "sample_weight" in learned:
-        kinds["sample_weight"] = "sample_weight"
     hparams = {
         name: torch.as_tensor(value, dtype=torch.float64)
         for name, value in learned.items()
