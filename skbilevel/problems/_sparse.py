@@ -23,7 +23,7 @@ import torch
 from sklearn.utils import check_array
 from torch import Tensor
 
-from ..utils import to_tensor
+from ..utils import to_sparse_tensor
 
 # Most features for which Gram matrices (d x d per fold and output) are formed
 # from a sparse design; past this, a diagonal preconditioner serves and
@@ -31,36 +31,11 @@ from ..utils import to_tensor
 SPARSE_GRAM_FEATURES = 1024
 
 
-def to_sparse_tensor(X, *, device="cpu", dtype="float64") -> Tensor:
-    """A scipy CSR matrix as a torch CSR tensor, sharing its memory when the
-    device and dtype allow."""
-    values = to_tensor(X.data, device=device, dtype=dtype)
-    indptr, indices = _indices(X)
-    with warnings.catch_warnings():
-        # torch warns once per process that its CSR support is in beta.
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
-        return torch.sparse_csr_tensor(
-            indptr.to(values.device),
-            indices.to(values.device),
-            values,
-            size=X.shape,
-            check_invariants=False,
-        )
-
-
-def _indices(X):
-    dtype = np.int64 if max(X.shape) >= np.iinfo(np.int32).max else np.int32
-    return (
-        torch.from_numpy(np.require(X.indptr, dtype=dtype, requirements="W")),
-        torch.from_numpy(np.require(X.indices, dtype=dtype, requirements="W")),
-    )
-
-
-def canonical_csr(X):
-    """``X`` validated as float64 CSR with sorted, unique indices (copied only
-    when it is not already so)."""
+def canonical_csr(X, canonical=True):
+    """``X`` validated as float64 CSR; with ``canonical``, with sorted, unique
+    indices (copied only when it is not already so)."""
     X = check_array(X, accept_sparse="csr", dtype=np.float64)
-    if not X.has_canonical_format:
+    if canonical and not X.has_canonical_format:
         X = X.copy()
         X.sum_duplicates()
     return X
@@ -257,7 +232,11 @@ def sparse_features(features, *, device, dtype) -> SparseDesign | None:
     matrices = features if isinstance(features, list) else [features]
     if not all(sp.issparse(X) for X in matrices):
         return None
-    matrices = [canonical_csr(X) for X in matrices]
+    # The products with dense tensors take any order of the indices (and
+    # add duplicates, as a product should); the sparse products of the Gram
+    # matrices get canonical ones. A wide X is not copied to sort it.
+    canonical = matrices[0].shape[1] <= SPARSE_GRAM_FEATURES
+    matrices = [canonical_csr(X, canonical) for X in matrices]
     return SparseDesign(
         [to_sparse_tensor(X, device=device, dtype=dtype) for X in matrices],
         [to_sparse_tensor(X.T.tocsr(), device=device, dtype=dtype) for X in matrices],

@@ -136,6 +136,53 @@ def to_tensor(X, *, device="cpu", dtype="float64"):
     return tensor.to(device=device, dtype=torch.int64)
 
 
+def to_sparse_tensor(X, *, device="cpu", dtype="float64"):
+    """Convert a scipy CSR matrix to a torch sparse CSR tensor.
+
+    Parameters
+    ----------
+    X : scipy.sparse CSR matrix or array
+        The data; its index arrays become int32 (int64 past 2**31 - 1 rows,
+        columns or entries).
+    device : str or torch.device, default="cpu"
+        Where the tensor lives.
+    dtype : {"float32", "float64"}, default="float64"
+        Floating-point precision of the values.
+
+    Returns
+    -------
+    tensor : torch.Tensor
+        A ``torch.sparse_csr`` tensor of ``X``'s shape, sharing ``X``'s
+        memory on the CPU when its dtypes already match.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import scipy.sparse as sp
+    >>> from skbilevel.utils import to_sparse_tensor
+    >>> X = to_sparse_tensor(sp.csr_matrix(np.eye(2)))
+    >>> X.layout, X.values()
+    (torch.sparse_csr, tensor([1., 1.], dtype=torch.float64))
+    """
+    values = to_tensor(X.data, device=device, dtype=dtype)
+    large = max(*X.shape, X.nnz) > np.iinfo(np.int32).max
+    index = np.int64 if large else np.int32
+    indptr, indices = (
+        torch.from_numpy(np.require(a, dtype=index, requirements="W"))
+        for a in (X.indptr, X.indices)
+    )
+    with warnings.catch_warnings():
+        # torch warns once per process that its CSR support is in beta.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+        return torch.sparse_csr_tensor(
+            indptr.to(values.device),
+            indices.to(values.device),
+            values,
+            size=X.shape,
+            check_invariants=False,
+        )
+
+
 def to_numpy(tensor):
     """Return a tensor (or a dict of tensors) as numpy on the CPU.
 
