@@ -219,8 +219,7 @@ def _refusals(estimator, learned):
         "SVC / SVR with kernel='linear')": params["loss"] != squared,
         f"penalty={params.get('penalty')!r}": params.get("penalty", "l2") != "l2",
         "multi_class='crammer_singer'": params.get("multi_class") == "crammer_singer",
-        "class_weight (liblinear weighs only the positive class of each "
-        "one-vs-rest problem)": params.get("class_weight") is not None,
+        "class_weight (not modelled)": params.get("class_weight") is not None,
     }
 
 

@@ -19,11 +19,17 @@ locally constant, the solution is the root of the linear residual
 
 and the inner loss is half its squared norm. Its Hessian ``J^T J`` (``J`` the
 residual's Jacobian) is applied exactly, and its inverse through the small
-system ``[[K_FF, 1], [1^T, 0]]`` of each fold and pair (a pseudo-inverse:
-with a linear kernel ``K_FF`` can be singular, while the decision function
-is unique), so the implicit hypergradient's conjugate gradient takes one
-iteration. libsvm's solution is polished by one exact step of that system
-when the polished free coefficients stay inside the box.
+system ``[[K_FF, 1], [1^T, 0]]`` of each fold and pair, LU-factored once per
+outer step (with a ridge far below the kernel's scale: a linear kernel's
+``K_FF`` can be singular, while the decision function is unique), so the
+implicit hypergradient's conjugate gradient takes one iteration. libsvm's
+solution is polished by one exact step of that system where the polished
+free coefficients stay inside the box (libsvm caches the kernel in single
+precision, so its own solution is exact to about 1e-6).
+
+The validation loss is the squared hinge ``max(0, 1 - y f)^2`` of every
+binary decision value a sample enters, averaged over its ``n_classes - 1``
+pairs (the squared error for SVR); see the user guide for why.
 """
 
 from dataclasses import dataclass
@@ -93,7 +99,9 @@ def _kernel(folds: _DualFolds, gamma) -> tuple[Tensor, Tensor | None]:
     if cached is not None and cached[0] == key:
         return cached[1]
     estimator, base = folds.estimator, folds.base
-    gamma = folds.gamma if gamma is None else gamma.detach()
+    # A fresh scalar: the cached matrices must not hold a tensor of a torch.func
+    # transform the caller may be inside.
+    gamma = folds.gamma if key is None else torch.tensor(key, dtype=base.dtype)
     if estimator.kernel == "linear":
         value = (base, None)
     elif estimator.kernel == "rbf":
@@ -194,8 +202,8 @@ class _System(NamedTuple):
     """The residual's Jacobian at a solution, and its reduced inverse.
 
     ``order`` (K, P, s) lists each system's free positions first, ``chosen``
-    marks the real ones among the ``s``; ``inverse`` is the pseudo-inverse of
-    ``[[K_FF, 1], [1^T, anchored]]`` (K, P, s + 1, s + 1) as LU factors.
+    marks the real ones among the ``s``; ``factors`` are the LU factors of
+    ``[[K_FF, 1], [1^T, anchored]]`` (K, P, s + 1, s + 1).
     """
 
     gram: Tensor
