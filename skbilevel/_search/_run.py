@@ -10,7 +10,7 @@ is reported as failed.
 """
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.optimize
@@ -77,8 +77,28 @@ class _Stalled(Exception):
     """The outer line search backtracked to the best point it had evaluated."""
 
 
-def lbfgs(objective, u0, settings):
-    """Outer L-BFGS-B on the box of the unconstrained variables."""
+def _predicted_gain(step, grad, previous_grad, x, low, high):
+    """The loss still to gain from ``x``, by the secant model along the last
+    step: a Barzilai-Borwein step on the projected hypergradient decreases
+    the loss by about ``|g|^2 (s.s) / (2 s.y)``; infinite without curvature.
+
+    L-BFGS-B's own tests stop on the last decrease or on the gradient, both
+    blind to the curvature: on a flat valley they spend a step confirming
+    that the next one gains less than ``tol`` of the loss.
+    """
+    if previous_grad is None:
+        return np.inf
+    curvature = float(step @ (grad - previous_grad))
+    if curvature <= 0:
+        return np.inf
+    free = ~(((x <= low) & (grad > 0)) | ((x >= high) & (grad < 0)))
+    projected = np.where(free, grad, 0.0)
+    return float(projected @ projected) * float(step @ step) / (2 * curvature)
+
+
+def lbfgs(objective, u0, settings, report=None):
+    """Outer L-BFGS-B on the box of the unconstrained variables; ``report()``
+    after each outer step."""
     bounds = []
     for name, value in u0.items():
         bounds.extend([objective.specs[name].bounds()] * value.numel())
@@ -101,6 +121,8 @@ def lbfgs(objective, u0, settings):
             # A loss above every one seen makes the line search backtrack.
             worst = max(entry["outer_loss"] for entry in objective.history)
             return (worst + abs(worst) + 1.0) / state["scale"], state["grad"]
+        if report is not None:
+            report()
         grad = _flatten(result.grad).astype(np.float64)
         if state["scale"] is None:
             # Scaled so that the first hypergradient's largest entry is 1: the
@@ -110,15 +132,20 @@ def lbfgs(objective, u0, settings):
         state["grad"] = grad / state["scale"]
         return float(result.outer_loss) / state["scale"], state["grad"]
 
-    previous = [_flatten(u0).astype(np.float64)]
+    previous = {"x": _flatten(u0).astype(np.float64), "grad": None}
+    low, high = np.array(bounds, dtype=np.float64).T
 
     def small_step(intermediate_result):
         # Moves of the unconstrained values below 100 tol (1% of a log-scale
         # hyperparameter by default) change no score: further steps only
         # chase the inner solutions' rounding.
-        change = np.abs(intermediate_result.x - previous[0]).max()
-        previous[0] = intermediate_result.x.copy()
-        if change <= 100 * settings.tol:
+        x, grad = intermediate_result.x, state["grad"]
+        step = x - previous["x"]
+        gain = _predicted_gain(step, grad, previous["grad"], x, low, high)
+        previous.update(x=x.copy(), grad=grad)
+        if np.abs(step).max() <= 100 * settings.tol:
+            raise StopIteration
+        if gain <= settings.tol * abs(intermediate_result.fun):
             raise StopIteration
 
     try:
@@ -153,8 +180,9 @@ def _adam_step(moments, grad, t, betas=(0.9, 0.999), eps=1e-8):
     return step
 
 
-def adam(objective, u0, settings):
-    """Outer projected Adam: a step in u, then each spec's projection."""
+def adam(objective, u0, settings, report=None):
+    """Outer projected Adam: a step in u, then each spec's projection;
+    ``report()`` after each outer step."""
     u, last = dict(u0), None
     moments = tuple({k: torch.zeros_like(v) for k, v in u.items()} for _ in range(2))
     rate, shrinks = settings.outer_learning_rate, 0
@@ -172,6 +200,8 @@ def adam(objective, u0, settings):
             _warn_undone(objective, error, f"the step size halved to {rate:.3g}")
             u = _moved(objective, last[0], last[1], rate)
             continue
+        if report is not None:
+            report()
         step = _adam_step(moments, grad, t)
         new = _moved(objective, u, step, rate)
         change = max(float((new[k] - u[k]).abs().max()) for k in u)
@@ -265,20 +295,20 @@ def _starting_point(specs, data, problem, restart, seed):
     return u0
 
 
-def _optimize(objective, u0, settings, names, entries, device):
+def _optimize(objective, u0, settings, names, entries, device, report=None):
     budget = any(
         getattr(spec, "budget", None) is not None for spec in objective.specs.values()
     )
     with one_torch_thread(entries, device):
         if settings.outer_optimizer == "adam" or budget:
-            adam(objective, u0, settings)
+            adam(objective, u0, settings, report)
         else:
-            lbfgs(objective, u0, settings)
+            lbfgs(objective, u0, settings, report)
     _warn_at_bounds(objective, names)
     _warn_at_max_iter(objective, settings)
 
 
-def run(estimator, space, data_args, settings, restart, seed):
+def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
     """One hypergradient run over the continuous entries of ``space``.
 
     Parameters
@@ -298,6 +328,9 @@ def run(estimator, space, data_args, settings, restart, seed):
         from a random point drawn with ``seed``.
     seed : int
         Seed of this run.
+    step_hook : callable, default=None
+        Called after each outer step with its history entry (hyperparameters
+        by user key): the search's progress report.
 
     Returns
     -------
@@ -310,7 +343,10 @@ def run(estimator, space, data_args, settings, restart, seed):
     objective = Objective(
         problem,
         specs,
-        settings,
+        # The search's progress report prints the step lines, in the parent
+        # process (a worker's output would interleave, or be lost in a
+        # notebook).
+        replace(settings, verbose=0),
         unrolled=record.unrolled,
         keeps_solutions=record.exact_fit,
     )
@@ -318,7 +354,15 @@ def run(estimator, space, data_args, settings, restart, seed):
     folds = data.train.shape[0] if data.X.dim() == 2 else 1
     interrupted = False
     try:
-        _optimize(objective, u0, settings, names, data.X.numel() * folds, data.X.device)
+        _optimize(
+            objective,
+            u0,
+            settings,
+            names,
+            data.X.numel() * folds,
+            data.X.device,
+            _reporter(objective, names, step_hook),
+        )
     except RunFailed as error:
         start = to_numpy(objective.constrained(u0))
         return Outcome(_by_key(start, names, specs), [], failure=str(error))
@@ -327,6 +371,18 @@ def run(estimator, space, data_args, settings, restart, seed):
             raise
         interrupted = True
     return _outcome(objective, names, prefixes, interrupted)
+
+
+def _reporter(objective, names, step_hook):
+    """``report()``: the last outer step, by user key, to ``step_hook``."""
+    if step_hook is None:
+        return None
+
+    def report():
+        entry = objective.history[-1]
+        step_hook({**entry, "params": _by_key(entry["params"], names, objective.specs)})
+
+    return report
 
 
 def _by_key(values, names, specs):

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import torch
-from joblib import Parallel, delayed
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn import get_config
 from sklearn.base import clone, is_classifier
 from sklearn.exceptions import DataConversionWarning
@@ -35,9 +35,16 @@ from ..utils._sklearn import (
     callbacks_of,
     routed_fit_params,
 )
-from ..utils._threads import one_blas_thread
-from ._evaluate import Evaluation, FoldSolutions, LearnedSettings, search_candidates
+from ..utils._threads import limited, one_blas_thread, task_threads, thread_limit
+from ._evaluate import (
+    Evaluation,
+    FoldSolutions,
+    LearnedSettings,
+    evaluation_backend,
+    search_candidates,
+)
 from ._parse import parse_space
+from ._progress import SearchProgress
 from ._run import run
 from ._settings import run_settings
 
@@ -111,8 +118,13 @@ class BilevelSearchCV(BaseSearchCV):
         splitter needs an int ``random_state``.
 
     verbose : int, default=0
-        Verbosity: above 0, progress of the runs and the evaluation; above 1,
-        one line per outer step.
+        Verbosity: 0 is silent; 1 shows one progress bar (``tqdm.auto``) of
+        the hypergradient runs completed, with the best validation loss and
+        the current outer step; 2 also prints one line per outer step (its
+        validation loss and scalar hyperparameters; arrays by size and
+        range). The bar and the lines are written by the main process, also
+        with ``n_jobs`` workers (a worker's run is reported as it completes).
+        With discrete entries only, as in GridSearchCV.
 
     pre_dispatch : int or str, default='2*n_jobs'
         Number of jobs dispatched during the evaluation of the candidates.
@@ -391,7 +403,10 @@ class BilevelSearchCV(BaseSearchCV):
         if fixed_weight is not None:
             fixed_weight = _validated_weights(fixed_weight, X)
         _warn_unweighted_examples(space, splits, len(y))
-        outcomes = self._learn(space, (X, y, splits, fixed_weight))
+        # Runs side by side share the cores, in workers and in this process.
+        threads = task_threads(effective_n_jobs(self.n_jobs))
+        with thread_limit(threads):
+            outcomes = self._learn(space, (X, y, splits, fixed_weight), threads)
         candidates, losses, store = self._candidates(outcomes, splits)
         self._evaluate(X, y, params, space, candidates, losses, store, splits)
         return self
@@ -452,34 +467,37 @@ class BilevelSearchCV(BaseSearchCV):
             for train, test in cv.split(X, y, **split_params)
         ]
 
-    def _learn(self, space, data_args):
+    def _learn(self, space, data_args, threads=None):
         """Run every hypergradient run; settings of discrete values only pass.
 
         A KeyboardInterrupt keeps the runs finished (and the current one's
         steps, when sequential) and stops the others, with a warning.
         """
         runs = space.runs(self.n_restarts, check_random_state(self.random_state))
+        progress = SearchProgress(self.verbose, sum(bool(i.specs) for i in runs))
         tasks = []
         for item in runs:
             if item.specs:
                 estimator = clone(self.estimator).set_params(**item.combo)
                 settings = run_settings(self, final_estimator(estimator), item.specs)
                 tasks.append(
-                    delayed(run)(
+                    delayed(limited(run, threads))(
                         estimator,
                         item.specs,
                         data_args,
                         settings,
                         item.restart,
                         item.seed,
+                        progress.hook(len(tasks)),
                     )
                 )
-        parallel = Parallel(
-            n_jobs=self.n_jobs, verbose=self.verbose, return_as="generator"
-        )
+        # The progress bar replaces joblib's "Done" lines.
+        parallel = _parallel(self.n_jobs)
         outcomes = []
+        progress.start()
         try:
             for outcome in parallel(tasks):
+                progress.done(len(outcomes), outcome.history)
                 outcomes.append(outcome)
                 if outcome.interrupted:
                     raise KeyboardInterrupt
@@ -493,6 +511,8 @@ class BilevelSearchCV(BaseSearchCV):
                 UserWarning,
                 stacklevel=3,
             )
+        finally:
+            progress.close()
         outcomes = iter(outcomes)
         return [(item, next(outcomes, None) if item.specs else None) for item in runs]
 
@@ -536,7 +556,9 @@ class BilevelSearchCV(BaseSearchCV):
             scoring=self.scoring,
             n_jobs=self.n_jobs,
             refit=self.refit,
-            verbose=self.verbose,
+            # Its fits only assemble the runs' solutions: scikit-learn's lines
+            # would count them as fits and print every learned array.
+            verbose=0,
             pre_dispatch=self.pre_dispatch,
             error_score=self.error_score,
             return_train_score=self.return_train_score,
@@ -545,7 +567,7 @@ class BilevelSearchCV(BaseSearchCV):
         callbacks = callbacks_of(self)
         if callbacks:
             evaluation.set_callbacks(*callbacks)
-        with one_blas_thread(X):
+        with one_blas_thread(X), evaluation_backend(evaluation, self.n_jobs):
             evaluation.fit(X, y, sample_index=np.arange(len(y)), **fit_params)
         self._take_results(evaluation)
 
@@ -579,6 +601,15 @@ class BilevelSearchCV(BaseSearchCV):
         self.history_ = []
         self.n_iter_ = np.zeros(len(grid), dtype=int)
         search_candidates(self, evaluate_candidates, grid, callback_ctx)
+
+
+def _parallel(n_jobs):
+    """joblib's Parallel yielding each run's outcome as it completes, or the
+    list of them on a backend that cannot yield (Ray's)."""
+    try:
+        return Parallel(n_jobs=n_jobs, return_as="generator")
+    except ValueError:
+        return Parallel(n_jobs=n_jobs)
 
 
 def _validated_weights(sample_weight, X):

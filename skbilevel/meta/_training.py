@@ -6,8 +6,8 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from .._search._progress import tqdm
 from ..datasets._episodes import draw_episodes
 from ._heads import episode_hypergradient, head_logits, train_heads
 
@@ -16,6 +16,18 @@ def episode_labels(n_way, n_per_class, n_episodes, device):
     """Class-major episode labels, as laid out by :func:`draw_episodes`."""
     labels = torch.arange(n_way, device=device).repeat_interleave(n_per_class)
     return labels.expand(n_episodes, -1)
+
+
+def checkpoint_line(record):
+    """One line of a ``history_`` checkpoint, for ``verbose=2``."""
+    line = (
+        f"[HyperRepresentationClassifier] step {record['iteration']}: training "
+        f"loss {record['outer_loss']:.4g}, learning rate "
+        f"{record['learning_rate']:.4g}"
+    )
+    if "validation_score" in record:
+        line += f", validation accuracy {record['validation_score']:.4f}"
+    return f"{line}, {record['time']:.1f}s"
 
 
 def batched_features(network, X, index, device, dtype, batch_size):
@@ -254,6 +266,8 @@ class MetaTrainer:
             progress.set_postfix(
                 {k: round(v, 4) for k, v in history[-1].items() if k != "iteration"}
             )
+            if est.verbose > 1:
+                progress.write(checkpoint_line(history[-1]))
             losses = []
             score = history[-1].get("validation_score")
             if score is not None and score > best_score + est.tol:
