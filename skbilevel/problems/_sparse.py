@@ -76,7 +76,8 @@ class SparseDesign:
         self.n_samples = n_samples
         self.n_features = n_features
         self.intercept = intercept
-        self._squared = None
+        # Derived once and shared with the intercept's view of the design.
+        self._derived = {}
 
     @property
     def shared(self) -> bool:
@@ -123,7 +124,7 @@ class SparseDesign:
         design = SparseDesign(
             self.matrices, self.transposes, self.n_samples, self.n_features, True
         )
-        design._squared = self._squared
+        design._derived = self._derived
         return design
 
     def matmul(self, coef: Tensor) -> Tensor:
@@ -168,13 +169,17 @@ class SparseDesign:
     def squared_transposed_matmul(self, weights: Tensor) -> Tensor:
         """``sum_i weights[k, i, a] x_ij^2`` per fold, (K, D, c): the diagonal
         of the weighted Gram matrices, without forming them."""
-        if self._squared is None:
+        if "squared" not in self._derived:
             # In single precision: a preconditioner needs no more.
-            self._squared = tuple(
+            self._derived["squared"] = tuple(
                 _with_values(XT, XT.values().float() ** 2) for XT in self.transposes
             )
         squares = SparseDesign(
-            self.matrices, self._squared, self.n_samples, self.n_features, False
+            self.matrices,
+            self._derived["squared"],
+            self.n_samples,
+            self.n_features,
+            False,
         )
         diagonal = squares.transposed_matmul(weights.float()).to(weights.dtype)
         if self.intercept:
