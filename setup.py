@@ -38,6 +38,10 @@ setup(
             "ruff>=0.6",
             "hypothesis>=6.80",
             "matplotlib>=3.6",
+            # tests/test_parallel.py runs the search on a real Dask cluster
+            # and on Ray (doc/cluster.rst's recipes run too).
+            "dask[distributed]>=2023.1",
+            "ray>=2.9; python_version<'3.14'",
         ],
         "docs": [
             "sphinx>=7",
@@ -48,6 +52,8 @@ setup(
             "pandas>=1.5",
         ],
         "examples": ["matplotlib>=3.6", "pandas>=1.5"],
+        "dask": ["dask[distributed]>=2023.1"],
+        "ray": ["ray>=2.9"],
         "benchmarks": ["pandas>=1.5", "matplotlib>=3.6"],
     },
     classifiers=[

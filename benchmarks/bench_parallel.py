@@ -1,0 +1,329 @@
+"""BilevelSearchCV on joblib's backends, and what starting workers costs.
+
+Part ``search``: eight independent hypergradient runs (LogisticRegression
+``C`` learned, ``fit_intercept`` x ``class_weight`` x two restarts) on digits,
+cv=5, with ``n_jobs=1``, loky ``n_jobs=2``, the threading backend
+``n_jobs=2`` and Dask (a ``LocalCluster`` of two worker processes of one
+thread each). Each configuration runs in turn, ``--repeats`` times, in this
+process; times are medians. Loky's and Dask's workers are warmed by one
+untimed search first (they have imported torch, scikit-learn and skbilevel,
+as after any earlier search); the cold rows are the first search of a fresh
+process (loky) or a fresh cluster (Dask, its start-up timed apart), each in
+a subprocess.
+
+Part ``small``: the cases of issue 12, each the first search of a fresh
+process: a two-value search on breast_cancer (``C`` learned x
+``fit_intercept``, cv=5) and ``cross_val_score(BilevelSearchCV(...), cv=3)``
+of the same search, with ``n_jobs=1`` and ``n_jobs=2``.
+
+Part ``startup``: the imports a worker pays before its first task, each in a
+fresh process (median of ``--repeats``): torch, then scikit-learn's modules
+the search uses, then skbilevel's own modules on top.
+
+``--threads one`` gives every tool one torch and one BLAS/OpenMP thread (this
+process by ``torch.set_num_threads`` and threadpoolctl, the subprocesses by
+``OMP_NUM_THREADS``; loky's and Dask's workers have one thread each on a
+2-core machine in both modes); ``--threads default`` leaves the defaults.
+The load average (``uptime``) is read before and after each part: the
+machine is shared.
+
+Usage: python -W ignore benchmarks/bench_parallel.py [--parts search small
+       startup] [--repeats 3] [--threads one|default] [--label LABEL]
+       [--output FILE]
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ("n_jobs=1", "loky n_jobs=2", "threading n_jobs=2", "dask 2 workers")
+
+
+def _search(case, n_jobs=None):
+    """The search of ``case`` and its data."""
+    from sklearn.datasets import load_breast_cancer, load_digits
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from skbilevel import BilevelSearchCV, Real
+
+    model = make_pipeline(StandardScaler(), LogisticRegression())
+    space = {
+        "logisticregression__C": Real(1e-4, 1e4),
+        "logisticregression__fit_intercept": [True, False],
+    }
+    if case == "eight":
+        X, y = load_digits(return_X_y=True)
+        space["logisticregression__class_weight"] = [None, "balanced"]
+        search = BilevelSearchCV(
+            model, space, cv=5, n_restarts=2, random_state=0, n_jobs=n_jobs
+        )
+        return search, X, y
+    X, y = load_breast_cancer(return_X_y=True)
+    cv = 3 if case == "nested" else 5
+    return BilevelSearchCV(model, space, cv=cv, n_jobs=n_jobs), X, y
+
+
+def _load():
+    return "load average " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _limit_threads(threads):
+    if threads == "one":
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(1)
+        threadpool_limits(1)
+
+
+def _timed(fit):
+    start = time.perf_counter()
+    fit()
+    return time.perf_counter() - start
+
+
+def _dask_cluster():
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+    )
+    return cluster, Client(cluster)
+
+
+def search_part(repeats):
+    """Warm medians of every configuration on the eight-run search."""
+    import joblib
+
+    cluster, client = _dask_cluster()
+    contexts = {
+        "n_jobs=1": (None, 1),
+        "loky n_jobs=2": (None, 2),
+        "threading n_jobs=2": ("threading", 2),
+        "dask 2 workers": ("dask", None),
+    }
+    times = {name: [] for name in CONFIGS}
+    scores = {}
+
+    def fit(name):
+        backend, n_jobs = contexts[name]
+        search, X, y = _search("eight", n_jobs)
+        if backend is None:
+            search.fit(X, y)
+        else:
+            with joblib.parallel_backend(backend):
+                search.fit(X, y)
+        scores[name] = (search.best_score_, len(search.cv_results_["params"]))
+
+    try:
+        fit("loky n_jobs=2")  # warms loky's workers
+        fit("dask 2 workers")  # warms Dask's workers
+        for _ in range(repeats):
+            for name in CONFIGS:
+                times[name].append(_timed(lambda name=name: fit(name)))
+    finally:
+        client.close()
+        cluster.close()
+    return {name: (float(np.median(t)), scores[name]) for name, t in times.items()}
+
+
+def _cold(args, threads):
+    env = dict(os.environ)
+    if threads == "one":
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, "-W", "ignore", __file__, "--cold", *args]
+    output = subprocess.run(
+        command, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def cold_main(case, mode):
+    """One cold measurement, printed as JSON (run in a fresh process)."""
+    from sklearn.model_selection import cross_val_score
+
+    warnings.simplefilter("ignore")
+    if mode == "dask":
+        import joblib
+
+        start = time.perf_counter()
+        cluster, client = _dask_cluster()
+        up = time.perf_counter() - start
+        search, X, y = _search(case)
+        with joblib.parallel_backend("dask"):
+            first = _timed(lambda: search.fit(X, y))
+        client.close()
+        cluster.close()
+        print(json.dumps({"cluster": up, "first": first}))
+        return
+    n_jobs = int(mode)
+    if case == "nested":
+        search, X, y = _search(case)
+        seconds = _timed(lambda: cross_val_score(search, X, y, cv=3, n_jobs=n_jobs))
+    else:
+        search, X, y = _search(case, n_jobs)
+        seconds = _timed(lambda: search.fit(X, y))
+    print(json.dumps({"first": seconds}))
+
+
+def _median_cold(args, threads, repeats):
+    runs = [_cold(args, threads) for _ in range(repeats)]
+    return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
+
+
+IMPORTS = (
+    ("torch", "import torch"),
+    (
+        "scikit-learn (base, linear_model, model_selection, pipeline)",
+        "import sklearn.base, sklearn.linear_model, sklearn.model_selection, "
+        "sklearn.pipeline, scipy.optimize",
+    ),
+    ("skbilevel's own modules, on top", "import skbilevel._search._run"),
+)
+
+
+def startup_part(repeats):
+    """Seconds of each import step in a fresh process (median of repeats)."""
+    script = "import time, json, joblib, numpy\nt = []\n"
+    for _, statement in IMPORTS:
+        script += f"s = time.perf_counter()\n{statement}\n"
+        script += "t.append(time.perf_counter() - s)\n"
+    script += "import sys\nt.append(len(sys.modules))\nprint(json.dumps(t))\n"
+    runs = []
+    for _ in range(repeats):
+        output = subprocess.run(
+            [sys.executable, "-c", script], check=True, capture_output=True, text=True
+        ).stdout
+        runs.append(json.loads(output))
+    return np.median(np.array(runs), axis=0)
+
+
+def _search_rows(args):
+    load = _load()
+    warm = search_part(args.repeats)
+    cold_loky = _median_cold(["eight", "2"], args.threads, args.repeats)
+    cold_one = _median_cold(["eight", "1"], args.threads, args.repeats)
+    cold_dask = _median_cold(["eight", "dask"], args.threads, args.repeats)
+    base = warm["n_jobs=1"][0]
+    lines = [
+        "## Eight runs on digits (LogisticRegression C x fit_intercept x "
+        f"class_weight x 2 restarts, cv=5), median of {args.repeats}",
+        "",
+        "| configuration | time (s) | time / n_jobs=1 | best CV accuracy | rows |",
+        "|---|---|---|---|---|",
+    ]
+    for name in CONFIGS:
+        seconds, (score, rows) = warm[name]
+        warmth = (
+            " (warm workers)" if name in ("loky n_jobs=2", "dask 2 workers") else ""
+        )
+        lines.append(
+            f"| {name}{warmth} | {seconds:.2f} | {seconds / base:.2f} | "
+            f"{score:.4f} | {rows} |"
+        )
+    lines += [
+        f"| n_jobs=1, fresh process | {cold_one['first']:.2f} | "
+        f"{cold_one['first'] / base:.2f} | | |",
+        f"| loky n_jobs=2, fresh process (workers start) | {cold_loky['first']:.2f} | "
+        f"{cold_loky['first'] / base:.2f} | | |",
+        f"| dask 2 workers, first search on a fresh cluster | {cold_dask['first']:.2f} "
+        f"| {cold_dask['first'] / base:.2f} | | |",
+        f"| (starting that LocalCluster) | {cold_dask['cluster']:.2f} | | | |",
+        "",
+        f"Load: {load} before, {_load()} after.",
+        "",
+    ]
+    return lines
+
+
+def _small_rows(args):
+    load = _load()
+    lines = [
+        "## Issue 12's small cases, first run of a fresh process, median of "
+        f"{args.repeats}",
+        "",
+        "| case | n_jobs=1 (s) | n_jobs=2 (s) | ratio |",
+        "|---|---|---|---|",
+    ]
+    names = {
+        "two": "two-value search, breast_cancer, cv=5",
+        "nested": "cross_val_score(search, cv=3), breast_cancer",
+    }
+    for case, name in names.items():
+        one = _median_cold([case, "1"], args.threads, args.repeats)["first"]
+        two = _median_cold([case, "2"], args.threads, args.repeats)["first"]
+        lines.append(f"| {name} | {one:.2f} | {two:.2f} | {two / one:.1f} |")
+    lines += ["", f"Load: {load} before, {_load()} after.", ""]
+    return lines
+
+
+def _startup_rows(args):
+    load = _load()
+    medians = startup_part(args.repeats)
+    lines = [
+        "## Imports before a worker's first task, fresh process, median of "
+        f"{args.repeats}",
+        "",
+        "| import | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {s:.2f} |" for (name, _), s in zip(IMPORTS, medians)]
+    lines += [
+        f"| total | {sum(medians[:-1]):.2f} |",
+        "",
+        f"Modules loaded: {int(medians[-1])}. Load: {load} before, {_load()} after.",
+        "",
+    ]
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["search", "small", "startup"],
+        choices=["search", "small", "startup"],
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", choices=["one", "default"], default="default")
+    parser.add_argument("--label", default="")
+    parser.add_argument(
+        "--output", default=str(ROOT / "benchmarks/results/bench_parallel/default.md")
+    )
+    parser.add_argument("--cold", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.cold:
+        _limit_threads(args.threads)
+        cold_main(*args.cold)
+        return
+    _limit_threads(args.threads)
+    warnings.simplefilter("ignore")
+    import torch
+
+    lines = [
+        f"# bench_parallel {args.label}".rstrip(),
+        "",
+        f"torch {torch.__version__}, threads: {args.threads}, {os.cpu_count()} cores",
+        "",
+    ]
+    parts = {"search": _search_rows, "small": _small_rows, "startup": _startup_rows}
+    for part in args.parts:
+        lines += parts[part](args)
+        print("\n".join(lines), flush=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
