@@ -340,3 +340,13 @@ def test_pipeline_features_per_fold():
         features = fitted[:-1].transform(X[test])
         expected.append(_smooth_loss(fitted[-1], features, y[test], None))
     np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["reverse", "forward", "truncated_reverse"])
+def test_methods_through_gradient_steps_are_refused(method):
+    """The dual residual is only defined at libsvm's solution: differentiating
+    steps of gradient descent from zero gets a clear error, not an answer."""
+    X, y = _classification(3)
+    search = BilevelSearchCV(SVC(), {"C": Real(0.1, 100.0)}, cv=3, method=method)
+    with pytest.raises(ValueError, match="method='auto', 'implicit_forward'"):
+        search.fit(X, y)

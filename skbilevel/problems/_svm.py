@@ -176,6 +176,15 @@ def _residual(folds: _DualFolds, params: Params, hparams: Params):
 
 
 def _inner_loss(folds: _DualFolds, params: Params, hparams: Params) -> Tensor:
+    if not (params["beta"].detach().any() or params["b"].detach().any()):
+        # The zero start is no libsvm solution (libsvm's intercept is never
+        # exactly 0 with no support vector): only steps of gradient descent
+        # start there, and the residual's free set would be empty throughout.
+        raise ValueError(
+            f"{type(folds.estimator).__name__} is differentiated at libsvm's "
+            "solution of each fold, not through steps of gradient descent; use "
+            "method='auto', 'implicit_forward' or 'implicit_cg'."
+        )
     rows, balance = _residual(folds, params, hparams)
     return 0.5 * ((rows**2).sum() + (balance**2).sum())
 
