@@ -15,7 +15,7 @@ from sklearn.linear_model import (
     SGDRegressor,
 )
 from sklearn.model_selection import KFold, StratifiedKFold
-from sklearn.svm import SVC
+from sklearn.tree import DecisionTreeClassifier
 
 from skbilevel.problems import feature_scale, fold_data, make_problem
 
@@ -190,9 +190,10 @@ def test_hypergradient_matches_finite_differences(estimator, name, value, classi
 def test_unsupported_estimator_names_the_supported_ones():
     X, y = _classification()
     splits = list(StratifiedKFold(3).split(X, y))
-    final, data = fold_data(SVC(), X, y, splits, None, "cpu", "float64")
+    tree = DecisionTreeClassifier()
+    final, data = fold_data(tree, X, y, splits, None, "cpu", "float64")
     with pytest.raises(TypeError, match="LogisticRegression.*KernelRidge"):
-        make_problem(final, data, {"C": "real"}, OPTIONS)
+        make_problem(final, data, {"ccp_alpha": "real"}, OPTIONS)
 
 
 @pytest.mark.parametrize(

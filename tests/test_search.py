@@ -10,6 +10,7 @@ from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.linear_model import (
+    Lasso,
     LogisticRegression,
     Ridge,
     RidgeClassifier,
@@ -27,7 +28,7 @@ from sklearn.model_selection import (
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
-from sklearn.tree import DecisionTreeRegressor
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from skbilevel import PerFeature, Real, SampleWeight
 from skbilevel._search import BilevelSearchCV
@@ -324,7 +325,12 @@ def test_other_hypergradient_methods(regression, method, params):
 @pytest.mark.parametrize(
     "estimator, space, error, match",
     [
-        (SVC(), {"C": Real(0.1, 10)}, TypeError, "supported for: Ridge"),
+        (
+            DecisionTreeClassifier(),
+            {"ccp_alpha": Real(0.1, 10)},
+            TypeError,
+            "supported for: Ridge",
+        ),
         (Ridge(), {"alpha": "big"}, TypeError, "must be a list"),
         (Ridge(), {"alpha": (1.0, 2.0, 3.0)}, ValueError, "bounds"),
         (Ridge(), {"alpha": -1.0}, ValueError, "positive"),
@@ -662,3 +668,13 @@ def test_small_data_runs_on_one_cpu_thread(monkeypatch):
         assert seen == [1, 2]
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("method", ["reverse", "forward", "implicit_fixed_point"])
+def test_support_differentiated_problems_refuse_step_methods(regression, method):
+    # A Lasso's inner problem is defined only at its solution (on its
+    # support): methods that take gradient steps on it are refused up front.
+    X, y = regression
+    search = BilevelSearchCV(Lasso(), {"alpha": Real(1e-3, 10)}, cv=2, method=method)
+    with pytest.raises(ValueError, match="defined only at its solution"):
+        search.fit(X, y)

@@ -334,3 +334,16 @@ def test_discrete_values_of_a_per_feature_key_stay_plain():
     search = BilevelSearchCV(Ridge(), space, cv=3, max_iter=2).fit(X, y)
     assert search.best_params_ == {"alpha": 1e-3}
     assert type(search.best_estimator_) is Ridge
+
+
+def test_a_flat_start_neither_overflows_nor_moves():
+    # On all-zero features every alpha gives the same model (the intercept
+    # alone): the hypergradient is exactly zero at the start, which once
+    # scaled the positive outer loss by a tiny number (an overflow
+    # RuntimeWarning, an error under this suite's filter).
+    y = 10 * np.random.RandomState(0).randn(40)
+    search = BilevelSearchCV(Ridge(), {"alpha": Real(0.1, 10, init=1.0)}, cv=2).fit(
+        np.zeros((40, 3)), y
+    )
+    assert search.best_params_["alpha"] == 1.0
+    assert len(search.cv_results_["params"]) == 1

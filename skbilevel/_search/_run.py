@@ -127,8 +127,11 @@ def lbfgs(objective, u0, settings, report=None):
         if state["scale"] is None:
             # Scaled so that the first hypergradient's largest entry is 1: the
             # first step then moves u by up to 1 (a factor e of a log-scale
-            # hyperparameter) whatever the scale of the validation loss.
-            state["scale"] = max(float(np.abs(grad).max()), np.finfo(float).tiny)
+            # hyperparameter) whatever the scale of the validation loss. A
+            # start where the hypergradient vanishes (a flat region) is left
+            # unscaled: L-BFGS-B stops there, and a tiny scale would overflow.
+            largest = float(np.abs(grad).max())
+            state["scale"] = largest if largest > np.sqrt(np.finfo(float).tiny) else 1.0
         state["grad"] = grad / state["scale"]
         return float(result.outer_loss) / state["scale"], state["grad"]
 

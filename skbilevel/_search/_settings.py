@@ -59,6 +59,13 @@ def run_settings(search, final, specs):
             "learning rate or momentum an optimum would not depend on); use "
             "method='reverse', 'truncated_reverse' or 'forward'."
         )
+    if record.implicit_only and method not in ("implicit_cg", "implicit_forward"):
+        raise ValueError(
+            f"method={method!r} takes steps of gradient descent on the inner "
+            f"loss, but the inner problem of {type(final).__name__} is defined "
+            "only at its solution (differentiated on its support); use "
+            "method='auto', 'implicit_cg' or 'implicit_forward'."
+        )
     given = dict(search.method_params or {})
     valid = method_options(method)
     unknown = sorted(set(given) - set(valid))
