@@ -400,3 +400,14 @@ def test_sparse_input_gives_the_dense_solution(binary, estimator):
     problem = _problem(estimator, scipy.sparse.csr_matrix(X), y, splits, learned)
     sparse = _solve(problem, values)[0]
     torch.testing.assert_close(sparse["coef"], dense["coef"], rtol=0, atol=1e-8)
+
+
+def test_steps_of_gradient_descent_are_refused(binary):
+    # The restricted inner loss is defined at the solution only: from the zero
+    # start, gradient steps would keep every coefficient at zero.
+    X, y, _ = binary
+    search = BilevelSearchCV(
+        sparse_logistic(), {"C": Real(1e-2, 1.0)}, cv=3, method="reverse"
+    )
+    with pytest.raises(ValueError, match="support of the inner solution"):
+        search.fit(X, y)

@@ -47,7 +47,7 @@ optimization", ICML 2020.
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -145,6 +145,9 @@ class SparseLinear:
         Tolerance of that solver in the first fit.
     one_dimensional : bool
         Whether the fitted estimator holds one-dimensional ``coef_``.
+    solution : dict
+        ``{"coef": Tensor}``, the last solution :func:`solve` returned: the
+        only point at which the inner loss is defined.
     """
 
     data: FoldData
@@ -156,6 +159,7 @@ class SparseLinear:
     fit: Callable
     tol: float
     one_dimensional: bool
+    solution: dict = field(default_factory=dict)
 
 
 def _normalizer(model: SparseLinear, weights: Tensor) -> Tensor:
@@ -186,8 +190,18 @@ def _support(coef: Tensor):
 
 
 def inner_loss(model: SparseLinear, params: Params, hparams: Params) -> Tensor:
-    """The restricted smooth objective at the support and signs of ``params``."""
+    """The restricted smooth objective at the support and signs of ``params``,
+    which must be the solution :func:`solve` returned."""
     coef = params["coef"]
+    last = model.solution.get("coef")
+    if last is None or last.shape != coef.shape or not torch.equal(last, coef.detach()):
+        # Steps of gradient descent from the zero start would keep every
+        # coefficient at zero: the support is the solution's.
+        raise ValueError(
+            "The L1 penalty is differentiated on the support of the inner "
+            "solution, not through steps of gradient descent; use "
+            "method='auto', 'implicit_forward' or 'implicit_cg'."
+        )
     mask, signs = _support(coef)
     on = {**params, "coef": coef * mask}
     weights = model.weights(hparams)
@@ -356,6 +370,12 @@ def kkt(model: SparseLinear, params: Params, signs: Tensor, hparams: Params):
 
 def solve(model: SparseLinear, params: Params, hparams: Params) -> Params:
     """Each fold fitted by scikit-learn, polished on its support, KKT-checked."""
+    params = _solve(model, params, hparams)
+    model.solution["coef"] = params["coef"]
+    return params
+
+
+def _solve(model: SparseLinear, params: Params, hparams: Params) -> Params:
     hparams = {name: value.detach() for name, value in hparams.items()}
     params = {name: value.detach() for name, value in params.items()}
     n_folds = params["coef"].shape[0]
