@@ -565,7 +565,6 @@ def test_tangent_hypergradient_matches_adjoint_and_predicts(
         outer_learning_rate=0.1,
         device="cpu",
         dtype="float64",
-        verbose=0,
     )
     objective = Objective(
         problem,

@@ -39,7 +39,6 @@ class RunSettings:
     outer_learning_rate: float
     device: str
     dtype: str
-    verbose: int
 
 
 class NonFinite(Exception):
@@ -131,16 +130,6 @@ class Objective:
         }
         self.history.append(entry)
         self.points.append(u)
-        if self.settings.verbose > 1:
-            scalars = "".join(
-                f"{name}={float(value):.4g}, "
-                for name, value in entry["params"].items()
-                if value.ndim == 0
-            )
-            print(
-                f"[BilevelSearchCV] step {entry['step']}: {scalars}outer loss "
-                f"{loss:.6g}, hypergradient norm {norm:.3g}, {entry['time']:.1f}s"
-            )
 
     def _unrolled(self, u):
         """Through the very T steps the estimator's fit runs, from its w_0."""

@@ -10,7 +10,7 @@ is reported as failed.
 """
 
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.optimize
@@ -346,10 +346,7 @@ def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
     objective = Objective(
         problem,
         specs,
-        # The search's progress report prints the step lines, in the parent
-        # process (a worker's output would interleave, or be lost in a
-        # notebook).
-        replace(settings, verbose=0),
+        settings,
         unrolled=record.unrolled,
         keeps_solutions=record.exact_fit,
     )

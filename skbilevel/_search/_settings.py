@@ -92,5 +92,4 @@ def run_settings(search, final, specs):
         outer_learning_rate=search.outer_learning_rate,
         device=search.device,
         dtype=dtype,
-        verbose=search.verbose,
     )
