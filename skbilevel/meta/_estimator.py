@@ -134,7 +134,9 @@ class HyperRepresentationClassifier(ClassifierMixin, TransformerMixin, BaseEstim
         Controls the initialization and the episodes. Pass an int for
         reproducible output across multiple function calls (on the CPU).
     verbose : int, default=0
-        Show a progress bar of meta-training when positive.
+        Show a progress bar of meta-training when positive; at 2 or more,
+        also one line per checkpoint of ``history_`` (outer step, training
+        loss, learning rate, validation accuracy when there is one).
 
     Attributes
     ----------
