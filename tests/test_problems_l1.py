@@ -411,3 +411,28 @@ def test_steps_of_gradient_descent_are_refused(binary):
     )
     with pytest.raises(ValueError, match="support of the inner solution"):
         search.fit(X, y)
+
+
+def test_per_feature_c_of_l1_logistic_is_a_rescaling_by_c(binary):
+    X, y, splits = binary
+    Cs = np.linspace(0.05, 0.5, X.shape[1])
+    estimator = sparse_logistic(fit_intercept=False)
+    problem = _problem(estimator, X, y, splits[:1], {"C": "per_feature"})
+    params, _ = _solve(problem, {"C": Cs})
+    train = splits[0][0]
+    # s_j = C_j: a weight v_j on C_j x_j costs |v_j| = |w_j| / C_j at C=1.
+    reference = LogisticRegression(
+        **({"l1_ratio": 1.0} if NEW_SPELLING else {"penalty": "l1"}),
+        solver="liblinear",
+        C=1.0,
+        fit_intercept=False,
+        tol=1e-12,
+        max_iter=100_000,
+    ).fit(X[train] * Cs, y[train])
+    fitted = problem.fitted_attributes(params)[0]
+    np.testing.assert_allclose(fitted["coef_"], reference.coef_ * Cs, atol=1e-6)
+    search = BilevelSearchCV(
+        estimator, {"C": PerFeature(1e-2, 1.0, init=0.2)}, cv=3, max_iter=2
+    ).fit(X, y)
+    step = search.best_estimator_.steps[0][1]
+    np.testing.assert_allclose(step.kw_args["scale"], search.best_params_["C"])
