@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import sklearn
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import (
+    ElasticNet,
+    Lasso,
     LogisticRegression,
     Ridge,
     RidgeClassifier,
@@ -32,6 +35,10 @@ ADAPTERS = [
     (SGDClassifier(loss="modified_huber"), "alpha", 0.01, True),
     (SGDRegressor(loss="huber", epsilon=1.0), "alpha", 0.01, False),
 ]
+
+
+# scikit-learn 1.8 deprecates penalty= in favour of l1_ratio=.
+NEW_SPELLING = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 8)
 
 
 def _sparse_data(n_samples, n_features, classifier, n_classes=2, density=0.1, seed=0):
@@ -384,3 +391,44 @@ def test_per_feature_on_a_hundred_thousand_sparse_features(no_densify):
     assert np.isfinite(search.best_score_)
     assert sp.issparse(search.best_estimator_[:-1].transform(X))
     assert search.predict(X).shape == (N_GUARDED,)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "space"),
+    [
+        (Lasso(), {"alpha": Real(1e-3, 1.0, init=0.05)}),
+        (
+            ElasticNet(),
+            {"alpha": Real(1e-3, 1.0, init=0.05), "l1_ratio": Real(0.1, 0.9)},
+        ),
+        (
+            # The L1 spelling of this scikit-learn version (penalty= is
+            # deprecated from 1.8).
+            LogisticRegression(solver="saga", l1_ratio=1.0, max_iter=10_000)
+            if NEW_SPELLING
+            else LogisticRegression(solver="saga", penalty="l1", max_iter=10_000),
+            {"C": Real(1e-2, 1e2, init=1.0)},
+        ),
+    ],
+)
+def test_support_differentiated_searches_stay_sparse(estimator, space, no_densify):
+    # The L1 family's adapters take the sparse design as it comes (their
+    # records say so): the search never densifies X and learns what the
+    # dense search learns.
+    classifier = isinstance(estimator, LogisticRegression)
+    X, y = _sparse_data(N_GUARDED, 40, classifier)
+    cv = StratifiedKFold(3) if classifier else KFold(3)
+    coo = X.tocoo()
+    dense_X = np.zeros(X.shape)
+    dense_X[coo.row, coo.col] = coo.data
+    sparse = BilevelSearchCV(estimator, space, cv=cv, max_iter=5).fit(X, y)
+    dense = BilevelSearchCV(estimator, space, cv=cv, max_iter=5).fit(dense_X, y)
+    for name in space:
+        np.testing.assert_allclose(
+            sparse.best_params_[name], dense.best_params_[name], rtol=1e-6
+        )
+    np.testing.assert_allclose(
+        sparse.cv_results_["mean_test_score"],
+        dense.cv_results_["mean_test_score"],
+        rtol=1e-6,
+    )

@@ -168,6 +168,10 @@ class Record:
         returns (an SVM's dual, differentiated on its free set), so that only
         the implicit methods apply, not steps of gradient descent on
         ``inner_loss``.
+    sparse_input : bool, default=False
+        Whether the adapter takes sparse features as they come (a
+        :class:`~skbilevel.problems._sparse.SparseDesign`: only products
+        with X and its column norms); the others get them densified.
     """
 
     build: Callable
@@ -177,6 +181,7 @@ class Record:
     unrolled: bool = False
     feature_power: Callable = _squares
     implicit_only: bool = False
+    sparse_input: bool = False
 
 
 _WEIGHT = ("sample_weight",)
@@ -201,16 +206,19 @@ _MLP = Record(
 )
 
 REGISTRY = {
-    Ridge: Record(_argmin(ridge), **_linear_record(("alpha",))),
+    Ridge: Record(_argmin(ridge), **_linear_record(("alpha",)), sparse_input=True),
     # RidgeClassifier's classes live in a private label binarizer that only its
     # own fit sets: its rows are scored by refitting (a direct solve).
     RidgeClassifier: Record(
-        _argmin(ridge_classifier), **_linear_record(("alpha",), assemble=False)
+        _argmin(ridge_classifier),
+        **_linear_record(("alpha",), assemble=False),
+        sparse_input=True,
     ),
     LogisticRegression: Record(
         _logistic,
         {"real": ("C", "l1_ratio"), "per_feature": ("C",), "sample_weight": _WEIGHT},
         feature_power=feature_penalty_power,
+        sparse_input=True,
     ),
     # The L1 family's inner loss is its objective restricted to the support
     # of the point it is evaluated at: defined at the solution only.
@@ -219,6 +227,7 @@ REGISTRY = {
         **_linear_record(("alpha",)),
         feature_power=feature_penalty_power,
         implicit_only=True,
+        sparse_input=True,
     ),
     ElasticNet: Record(
         _argmin_learned(elastic_net),
@@ -229,13 +238,18 @@ REGISTRY = {
         },
         feature_power=feature_penalty_power,
         implicit_only=True,
+        sparse_input=True,
     ),
     KernelRidge: Record(
         _argmin(kernel_ridge), {"real": ("alpha", "gamma")}, exact_fit=True
     ),
     # SGD's fit is a stochastic approximation of the minimizer: refitted.
-    SGDClassifier: Record(_argmin(sgd), **_linear_record(("alpha",), exact_fit=False)),
-    SGDRegressor: Record(_argmin(sgd), **_linear_record(("alpha",), exact_fit=False)),
+    SGDClassifier: Record(
+        _argmin(sgd), **_linear_record(("alpha",), exact_fit=False), sparse_input=True
+    ),
+    SGDRegressor: Record(
+        _argmin(sgd), **_linear_record(("alpha",), exact_fit=False), sparse_input=True
+    ),
     TorchMLPClassifier: _MLP,
     TorchMLPRegressor: _MLP,
     # libsvm's fit is the inner solve (to its tol); a fitted SVC or SVR keeps

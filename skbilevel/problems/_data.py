@@ -3,13 +3,6 @@
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import clone
-from sklearn.linear_model import (
-    LogisticRegression,
-    Ridge,
-    RidgeClassifier,
-    SGDClassifier,
-    SGDRegressor,
-)
 from sklearn.pipeline import Pipeline
 from sklearn.utils import check_array
 
@@ -18,9 +11,15 @@ from ..utils._sklearn import _safe_indexing
 from ._base import FoldData
 from ._sparse import sparse_features
 
-# Final estimators whose adapters take sparse features as they come (a
-# :class:`~._sparse.SparseDesign`); the others get them densified.
-SPARSE_INPUT = (LogisticRegression, Ridge, RidgeClassifier, SGDClassifier, SGDRegressor)
+
+def _takes_sparse(final):
+    """Whether the registry record of ``final`` takes sparse features as
+    they come."""
+    # The registry imports this module: look it up at call time.
+    from . import REGISTRY
+
+    record = REGISTRY.get(type(final))
+    return record is not None and record.sparse_input
 
 
 def _dense(X):
@@ -33,7 +32,7 @@ def _features(estimator, X, prefixes, device, dtype):
     """The features of the final estimator: one tensor, or one per fold
     stacked, or a :class:`~._sparse.SparseDesign` of sparse ones it takes."""
     features = X if prefixes is None else [p.transform(X) for p in prefixes]
-    if isinstance(final_estimator(estimator), SPARSE_INPUT):
+    if _takes_sparse(final_estimator(estimator)):
         design = sparse_features(features, device=device, dtype=dtype)
         if design is not None:
             return design
