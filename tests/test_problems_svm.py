@@ -342,7 +342,9 @@ def test_pipeline_features_per_fold():
     np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["reverse", "forward", "truncated_reverse"])
+@pytest.mark.parametrize(
+    "method", ["reverse", "forward", "truncated_reverse", "implicit_fixed_point"]
+)
 def test_methods_through_gradient_steps_are_refused(method):
     """The dual residual is only defined at libsvm's solution: differentiating
     steps of gradient descent from zero gets a clear error, not an answer."""

@@ -64,7 +64,7 @@ def run_settings(search, final, specs):
             f"method={method!r} takes steps of gradient descent on the inner "
             f"loss, but the inner problem of {type(final).__name__} is defined "
             "only at its solution (differentiated on its support); use "
-            "method='auto', 'implicit_cg' or 'implicit_forward'."
+            "method='auto', 'implicit_forward' or 'implicit_cg'."
         )
     given = dict(search.method_params or {})
     valid = method_options(method)
