@@ -72,7 +72,7 @@ from ._base import (
     validation_mean,
 )
 from ._l1_fit import fit_folds, fold_fitter
-from ._linear_loss import decision
+from ._linear_loss import decision, linear_attributes
 from ._sparse import SparseDesign, matmul, transposed_matmul
 
 # Refits of a fold whose solution fails the KKT check, each at a 1000 times
@@ -478,18 +478,7 @@ def init_params(model: SparseLinear) -> Params:
 
 def fitted_attributes(model: SparseLinear, params: Params) -> list:
     """Per fold, the ``coef_`` and ``intercept_`` of the fitted estimator."""
-    folds = []
-    for k in range(params["coef"].shape[0]):
-        coef = to_numpy(params["coef"][k].T)
-        intercept = (
-            to_numpy(params["intercept"][k])
-            if "intercept" in params
-            else np.zeros(coef.shape[0])
-        )
-        if model.one_dimensional:
-            coef, intercept = coef[0], float(intercept[0])
-        folds.append({"coef_": coef, "intercept_": intercept})
-    return folds
+    return linear_attributes(params, model.one_dimensional)
 
 
 def _problem(model: SparseLinear) -> Problem:

@@ -177,6 +177,13 @@ def outer_loss(
 
 def fitted_attributes(loss: LinearLoss, params: Params) -> list:
     """Per fold, the ``coef_`` and ``intercept_`` of the fitted estimator."""
+    return linear_attributes(params, loss.one_dimensional, loss.softmax)
+
+
+def linear_attributes(params: Params, one_dimensional: bool, softmax=False) -> list:
+    """Per fold, ``coef_`` and ``intercept_`` from coefficients (K, d, c) and
+    intercepts (K, c): one-dimensional for one output, intercepts summing to
+    zero under a softmax (blind to a common shift; scikit-learn's sum to 0)."""
     folds = []
     for k in range(params["coef"].shape[0]):
         coef = to_numpy(params["coef"][k].T)
@@ -185,11 +192,9 @@ def fitted_attributes(loss: LinearLoss, params: Params) -> list:
             if "intercept" in params
             else np.zeros(coef.shape[0])
         )
-        if loss.softmax:
-            # A softmax is blind to a common shift of the intercepts;
-            # scikit-learn's sum to zero.
+        if softmax:
             intercept = intercept - intercept.mean()
-        if loss.one_dimensional:
+        if one_dimensional:
             coef, intercept = coef[0], float(intercept[0])
         folds.append({"coef_": coef, "intercept_": intercept})
     return folds
