@@ -22,16 +22,16 @@ Usage: python benchmarks/bench_glm.py [--repeats 3] [--baseline-repeats 1]
 import argparse
 import contextlib
 import os
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.base import clone
+from _timing import limit_time as _limit
+from _timing import timed_fit as _timed
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import HuberRegressor, PoissonRegressor
-from sklearn.model_selection import GridSearchCV, KFold, cross_validate
+from sklearn.model_selection import GridSearchCV, KFold
 from threadpoolctl import threadpool_limits
 
 from skbilevel import BilevelSearchCV, Real
@@ -41,27 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _load():
     return " ".join(f"{value:.2f}" for value in os.getloadavg())
-
-
-def _timed(make, X, y, repeats):
-    times, fitted = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fitted = make().fit(X, y)
-        times.append(time.perf_counter() - start)
-    return fitted, float(np.median(times))
-
-
-def _limit(estimator, params, X, y, cv, scoring, repeats):
-    """Median time of one cross-validation at ``params`` plus the refit."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model = clone(estimator).set_params(**params)
-        cross_validate(model, X, y, cv=cv, scoring=scoring)
-        clone(model).fit(X, y)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def _poisson():
@@ -110,7 +89,7 @@ def compare(part, repeats, baseline_repeats):
         repeats,
     )
     answer = {k: float(v) for k, v in bilevel.best_params_.items()}
-    limit = _limit(estimator, answer, X, y, cv, scoring, repeats)
+    limit = _limit(estimator, answer, X, y, cv, repeats, scoring)
     n_grid = len(searched.cv_results_["params"])
     n_rows = len(bilevel.cv_results_["params"])
     settings = ", ".join(f"{k}={v:.4g}" for k, v in answer.items())

@@ -29,12 +29,12 @@ scikit-learn to N threads (default: their own defaults).
 import argparse
 import os
 import subprocess
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import timed_fit as _timed
 from sklearn.datasets import load_diabetes, make_regression
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import ElasticNet, ElasticNetCV, Lasso, LassoCV
@@ -54,15 +54,6 @@ def _uptime():
 def _alpha_max(X, y, l1_ratio=1.0):
     centered = X - X.mean(axis=0)
     return np.abs(centered.T @ (y - y.mean())).max() / (len(y) * l1_ratio)
-
-
-def _timed(make, X, y, repeats):
-    times, fitted = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fitted = make().fit(X, y)
-        times.append(time.perf_counter() - start)
-    return fitted, float(np.median(times))
 
 
 def _path_mse(fitted):

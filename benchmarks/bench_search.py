@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import limit_time as _limit
+from _timing import timed_fit as _timed
 from scipy.stats import loguniform
-from sklearn.base import clone
 from sklearn.datasets import (
     load_breast_cancer,
     load_diabetes,
@@ -68,27 +69,6 @@ from threadpoolctl import threadpool_limits
 from skbilevel import BilevelSearchCV, PerFeature, Real
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _timed(make, X, y, repeats):
-    times, fitted = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fitted = make().fit(X, y)
-        times.append(time.perf_counter() - start)
-    return fitted, float(np.median(times))
-
-
-def _limit(estimator, params, X, y, cv, repeats, scoring=None):
-    """Median time of one cross-validation at ``params`` plus the refit."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model = clone(estimator).set_params(**params)
-        cross_validate(model, X, y, cv=cv, scoring=scoring)
-        clone(model).fit(X, y)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def _mnist(path, n_samples):

@@ -18,13 +18,13 @@ Usage: python benchmarks/bench_svm.py [--repeats 3] [--output FILE]
 
 import argparse
 import os
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import sklearn
 import torch
+from _timing import timed_fit as _timed
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
@@ -52,15 +52,6 @@ def _searches(cv):
 
 def _load():
     return "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
-
-
-def _timed(make, X, y, repeats):
-    times, fitted = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fitted = make().fit(X, y)
-        times.append(time.perf_counter() - start)
-    return fitted, float(np.median(times))
 
 
 def _part(threads, X, y, repeats):
