@@ -9,15 +9,17 @@ import pytest
 import scipy.sparse
 import sklearn
 import torch
+from sklearn.base import clone
 from sklearn.datasets import load_diabetes, make_classification, make_regression
 from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
 from sklearn.model_selection import GridSearchCV, KFold, PredefinedSplit
+from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from skbilevel import BilevelSearchCV, PerFeature, Real
 from skbilevel.hypergrad import METHODS, gradient_descent
 from skbilevel.problems import fold_data, make_problem
-from skbilevel.problems._l1 import l1_ratio_of
+from skbilevel.problems._l1 import _support_columns, l1_ratio_of
 
 # scikit-learn 1.8 deprecates ``penalty`` in favour of ``l1_ratio`` alone.
 NEW_SPELLING = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 8)
@@ -110,6 +112,80 @@ def test_multi_target_lasso_matches_scikit_learn(diabetes):
     fitted = problem.fitted_attributes(params)[1]
     np.testing.assert_allclose(fitted["coef_"], reference.coef_, atol=1e-6)
     np.testing.assert_allclose(fitted["intercept_"], reference.intercept_, atol=1e-6)
+
+
+def test_wide_weighted_lasso_matches_scikit_learn():
+    # More features than samples: coordinate descent on working sets.
+    X, y = make_regression(60, 400, n_informative=10, noise=5.0, random_state=0)
+    splits = list(KFold(3, shuffle=True, random_state=0).split(X))
+    weights = np.random.RandomState(1).uniform(0.5, 2.0, len(y))
+    problem = _problem(Lasso(), X, y, splits, {"alpha": "real"}, weights)
+    params, _ = _solve(problem, {"alpha": 0.5})
+    for k, (train, _) in enumerate(splits):
+        reference = Lasso(alpha=0.5, tol=1e-12, max_iter=100_000).fit(
+            X[train], y[train], sample_weight=weights[train]
+        )
+        fitted = problem.fitted_attributes(params)[k]
+        assert 10 < np.count_nonzero(reference.coef_) < len(train)
+        np.testing.assert_allclose(fitted["coef_"], reference.coef_, atol=1e-6)
+        assert abs(fitted["intercept_"] - reference.intercept_) < 1e-6
+
+
+def test_pipeline_lasso_matches_scikit_learn_and_finite_differences(diabetes):
+    # A fitted prefix gives each fold its own features (a (K, n, d) design).
+    X, y, splits = diabetes
+    pipeline = make_pipeline(StandardScaler(), ElasticNet(l1_ratio=0.8))
+    final, data = fold_data(pipeline, X, y, splits, None, "cpu", "float64")
+    assert data.X.dim() == 3
+    problem = make_problem(final, data, {"alpha": "real"}, OPTIONS)
+    grad, params = _hypergradient(problem, {"alpha": 3.0}, "implicit_forward")
+    for k, (train, _) in enumerate(splits):
+        reference = clone(pipeline).set_params(
+            elasticnet__alpha=3.0, elasticnet__tol=1e-12, elasticnet__max_iter=10**5
+        )
+        reference = reference.fit(X[train], y[train])[-1]
+        fitted = problem.fitted_attributes(params)[k]
+        assert 0 < np.count_nonzero(reference.coef_) < X.shape[1]
+        np.testing.assert_allclose(fitted["coef_"], reference.coef_, atol=1e-6)
+    expected = _central_difference(problem, {"alpha": 3.0}, "alpha")
+    assert float(grad["alpha"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["shared", "per_fold", "sparse"])
+def test_support_columns_are_the_supports_features(layout):
+    # The exact preconditioner's gathered columns, against a loop: column s
+    # of fold k and output o is feature index[k, s, o], zero past the support.
+    rng = np.random.RandomState(0)
+    n_folds, n, d, c = 3, 7, 11, 2
+    mask = torch.as_tensor(rng.uniform(size=(n_folds, d, c)) < 0.4).double()
+    size = int(mask.sum(1).max())
+    index = torch.argsort(mask, dim=1, descending=True, stable=True)[:, :size]
+    valid = (torch.arange(size)[None, :, None] < mask.sum(1, keepdim=True)).double()
+    dense = rng.normal(size=(n_folds, n, d)) * (rng.uniform(size=(1, n, d)) < 0.5)
+    if layout == "shared":
+        dense = dense[:1].repeat(n_folds, 0)
+        X = torch.as_tensor(dense[0])
+    elif layout == "per_fold":
+        X = torch.as_tensor(dense)
+    else:
+        dense = dense[:1].repeat(n_folds, 0)
+        splits = [(np.arange(n), np.arange(n))] * n_folds
+        X = fold_data(
+            Lasso(),
+            scipy.sparse.csr_matrix(dense[0]),
+            np.ones(n),
+            splits,
+            None,
+            "cpu",
+            "float64",
+        )[1].X
+    got = _support_columns(X, mask, index, valid).numpy()
+    assert got.shape == (n_folds, c, n, size)
+    for k, o, s in np.ndindex(n_folds, c, size):
+        feature = int(index[k, s, o])
+        expected = dense[k][:, feature] * float(valid[k, s, o])
+        np.testing.assert_array_equal(got[k, o, :, s], expected)
+    assert int(valid.sum()) == int(mask.sum()) and 0 < mask.sum() < mask.numel()
 
 
 def test_sparse_logistic_coefficients_match_scikit_learn(binary):
