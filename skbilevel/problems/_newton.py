@@ -15,7 +15,7 @@ from torch import Tensor
 from ..hypergrad._cg import conjugate_gradient, fold_dot, per_fold
 from ._base import Params
 from ._curvature import curvature, weighted_gram
-from ._linear_loss import LinearFolds, LinearLoss, fold_losses, with_intercept
+from ._linear_loss import LinearFolds, LinearLoss, decision, with_intercept
 from ._sparse import SparseDesign, transposed_matmul
 
 # Levenberg-Marquardt damping of the Newton steps, relative to the gradient.
@@ -57,13 +57,32 @@ def _ridge_rhs(loss: LinearLoss, folds: LinearFolds, design, weights, learned):
     return folds.cache.ridge
 
 
-def _fold_gradients(loss, folds, params, hparams) -> tuple[Tensor, Params]:
-    """The fold losses (K,) and their gradients in ``params``."""
+def _score_losses(loss, folds, params, hparams, scores) -> Tensor:
+    """Each fold's training objective over its training size, (K,), from the
+    scores ``X W + b`` of ``params``."""
+    fit = (loss.weights(hparams) * loss.sample_loss(scores)).sum(1)
+    penalty = (loss.penalty(hparams) * (params["coef"] ** 2).sum(-1)).sum(1)
+    return (fit + penalty) / folds.n_train
+
+
+def _fold_gradients(loss, folds, params, hparams, scores) -> tuple[Tensor, Params]:
+    """The fold losses (K,) and their gradients in ``params``, from the
+    scores of ``params``: one product with the transposed design."""
     with torch.enable_grad():
-        leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-        losses = fold_losses(loss, folds, leaves, hparams)
-        grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
-    return losses.detach(), dict(zip(leaves, grads))
+        leaf = scores.detach().requires_grad_()
+        fit = (loss.weights(hparams) * loss.sample_loss(leaf)).sum(1)
+        (response,) = torch.autograd.grad(fit.sum(), leaf)
+    penalty = loss.penalty(hparams)
+    coef = params["coef"]
+    n_train = folds.n_train
+    losses = (fit.detach() + (penalty * (coef**2).sum(-1)).sum(1)) / n_train
+    grads = {
+        "coef": (transposed_matmul(folds.X, response) + 2.0 * penalty[..., None] * coef)
+        / n_train[:, None, None]
+    }
+    if "intercept" in params:
+        grads["intercept"] = response.sum(1) / n_train[:, None]
+    return losses, grads
 
 
 def _newton_step(at, grads: Params, largest: Tensor, tol: float):
@@ -91,21 +110,25 @@ def _newton_step(at, grads: Params, largest: Tensor, tol: float):
     return step, products
 
 
-def _backtrack(loss, folds, params, hparams, step, losses, slope) -> Tensor:
-    """Each fold's Armijo step size along ``step``; 0 for a fold without a
-    decrease after the backtracking."""
+def _backtrack(loss, folds, params, hparams, step, losses, slope, scores):
+    """Each fold's Armijo step size along ``step`` (0 for a fold without a
+    decrease after the backtracking), and the scores of the step taken."""
     # Near the solution the decrease is below rounding: take the step.
     eps = torch.finfo(losses.dtype).eps
     negligible = -slope <= 100 * eps * losses.abs()
+    # The scores are linear in the parameters: one product for every trial.
+    moved = decision(folds.X, step)
     size = torch.ones_like(losses)
     for _ in range(40):
         trial = {k: v + per_fold(size, v) * step[k] for k, v in params.items()}
-        trial_losses = fold_losses(loss, folds, trial, hparams)
+        trial_scores = scores + per_fold(size, moved) * moved
+        trial_losses = _score_losses(loss, folds, trial, hparams, trial_scores)
         accepted = (trial_losses <= losses + 1e-4 * size * slope) | negligible
         if bool(accepted.all()):
             break
         size = torch.where(accepted, size, 0.5 * size)
-    return torch.where(accepted, size, 0.0)
+    size = torch.where(accepted, size, 0.0)
+    return size, scores + per_fold(size, moved) * moved
 
 
 def newton_solve(
@@ -117,9 +140,10 @@ def newton_solve(
     steps finite where the loss is piecewise linear (Huber, modified
     Huber) and vanishes at the solution (quadratic convergence)."""
     params = {name: value.detach().clone() for name, value in params.items()}
+    scores = decision(folds.X, params)
     slow_solve = False
     for _ in range(loss.max_iter + 1):
-        losses, grads = _fold_gradients(loss, folds, params, hparams)
+        losses, grads = _fold_gradients(loss, folds, params, hparams, scores)
         largest = torch.stack(
             [g.abs().flatten(1).max(1).values for g in grads.values()]
         ).amax(0)
@@ -131,14 +155,22 @@ def newton_solve(
                 "the scale of the features and the hyperparameter bounds."
             )
         at = curvature(
-            loss, folds, params, hparams, damping=DAMPING * largest, refresh=slow_solve
+            loss,
+            folds,
+            params,
+            hparams,
+            damping=DAMPING * largest,
+            refresh=slow_solve,
+            scores=scores,
         )
         step, products = _newton_step(at, grads, largest, loss.tol)
         # A preconditioner from an earlier point serves while it keeps
         # the linear solves short.
         slow_solve = products > REFRESH_PRODUCTS
         slope = fold_dot(grads, step)
-        size = _backtrack(loss, folds, params, hparams, step, losses, slope)
+        size, scores = _backtrack(
+            loss, folds, params, hparams, step, losses, slope, scores
+        )
         params = {k: v + per_fold(size, v) * step[k] for k, v in params.items()}
     warnings.warn(
         f"The inner problem was not solved to tol={loss.tol} in {loss.max_iter} "
