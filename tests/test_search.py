@@ -150,6 +150,24 @@ def test_logistic_c_matches_fine_grid_search():
     assert search.best_score_ >= grid.best_score_ - 1e-4
 
 
+def test_logistic_refit_starts_from_the_fold_solutions():
+    # The refit is scikit-learn's fit of the best C, started from the mean of
+    # that setting's fold solutions: fewer iterations to the same optimum, and
+    # the estimator's parameters as the user set them.
+    X, y = make_classification(
+        n_samples=300, n_features=30, n_informative=5, n_classes=3, random_state=0
+    )
+    estimator = LogisticRegression(tol=1e-8, max_iter=1000)
+    search = BilevelSearchCV(estimator, {"C": Real(1e-3, 1e2)}, cv=3).fit(X, y)
+    best = search.best_params_["C"]
+    cold = clone(estimator).set_params(C=best).fit(X, y)
+    assert search.best_estimator_.get_params() == cold.get_params()
+    assert search.best_estimator_.n_iter_[0] < cold.n_iter_[0]
+    np.testing.assert_allclose(
+        search.best_estimator_.coef_, cold.coef_, rtol=1e-4, atol=1e-5
+    )
+
+
 def test_per_feature_refit_predicts_as_the_torch_solution(regression):
     X, y = regression
     search = BilevelSearchCV(

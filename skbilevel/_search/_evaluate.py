@@ -244,8 +244,36 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             self.estimator_ = self._from_solution(X, y, found)
             return self
         estimator, fit_params = self._expressed(fit_params, sample_index)
+        final = self._warm_started(estimator, record)
         self.estimator_ = _fit(estimator, X, y, fit_params)
+        if final is not None:
+            final.set_params(warm_start=False)
         return self
+
+    def _warm_started(self, estimator, record):
+        """The final step of ``estimator``, about to be fitted on all the data,
+        started from the mean of this candidate's fold solutions where its
+        record allows (then ``warm_start`` is on until the fit ends); None
+        where not.
+
+        scikit-learn's solver goes to the same optimum, to its tolerance,
+        from a point much closer to it than its own zero start.
+        """
+        store = self.fold_solutions
+        if (
+            record is None
+            or not record.warm_refit
+            or store is None
+            or self.candidate not in store.entries
+            or any(spec.kind == "per_feature" for spec in (self.specs or {}).values())
+        ):
+            return None
+        folds = store.entries[self.candidate][0]
+        final = final_estimator(estimator)
+        final.set_params(warm_start=True)
+        for name in ("coef_", "intercept_"):
+            setattr(final, name, np.mean([fold[name] for fold in folds], axis=0))
+        return final
 
     @property
     def classes_(self):

@@ -212,7 +212,9 @@ class BilevelSearchCV(BaseSearchCV):
         of the implicit runs, the learned setting of the others.
     best_estimator_ : estimator
         The refitted plain scikit-learn estimator; a learned per-feature
-        penalty is a rescaling step in front of it.
+        penalty is a rescaling step in front of it. A LogisticRegression
+        refit starts from the mean of the best setting's fold solutions
+        (``warm_start``, off again after the fit).
     best_score_ : float
         Mean cross-validated score of the best setting.
     best_params_ : dict

@@ -172,6 +172,11 @@ class Record:
         Whether the adapter takes sparse features as they come (a
         :class:`~skbilevel.problems._sparse.SparseDesign`: only products
         with X and its column norms); the others get them densified.
+    warm_refit : bool, default=False
+        Whether scikit-learn's solver, under ``warm_start=True``, starts from
+        the ``coef_`` and ``intercept_`` set on the estimator and converges to
+        the same optimum: the refit then starts from the mean of the best
+        setting's fold solutions.
     """
 
     build: Callable
@@ -182,6 +187,7 @@ class Record:
     feature_power: Callable = _squares
     implicit_only: bool = False
     sparse_input: bool = False
+    warm_refit: bool = False
 
 
 _WEIGHT = ("sample_weight",)
@@ -219,6 +225,7 @@ REGISTRY = {
         {"real": ("C", "l1_ratio"), "per_feature": ("C",), "sample_weight": _WEIGHT},
         feature_power=feature_penalty_power,
         sparse_input=True,
+        warm_refit=True,
     ),
     # The L1 family's inner loss is its objective restricted to the support
     # of the point it is evaluated at: defined at the solution only.
