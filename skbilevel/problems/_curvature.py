@@ -304,18 +304,61 @@ def _solve_diagonal(stacked: Tensor, inverse: Tensor) -> Tensor:
     return stacked * inverse
 
 
+def _solve_centered(
+    stacked: Tensor, inverse: Tensor, mean: Tensor, intercept_inverse: Tensor
+) -> Tensor:
+    """``L^{-1} diag^{-1} L^{-T}`` applied to (K, D, c), the intercept last,
+    with ``L`` the centering of :func:`_diagonal`."""
+    features, offset = stacked[:, :-1], stacked[:, -1:]
+    solved = (features - mean * offset) * inverse
+    shift = offset * intercept_inverse - (mean * solved).sum(1, keepdim=True)
+    return torch.cat([solved, shift], dim=1)
+
+
 def _diagonal(point: _Point) -> Callable[[Tensor], Tensor]:
-    """The Hessian's diagonal, one entry per feature and output, inverted:
-    ``(sum_i (B_i)_aa x_ij^2 + 2 penalty_j) / n_k``, for a sparse design too
-    wide for Gram matrices (its column norms are one sparse product)."""
-    diagonal = point.design.squared_transposed_matmul(point.score.diagonal)
-    diagonal = diagonal + point.column_penalty[..., None]
+    """The Hessian's diagonal, one entry per feature and output, inverted,
+    for a sparse design too wide for Gram matrices (its column norms are
+    one sparse product).
+
+    Without an intercept, ``(sum_i (B_i)_aa x_ij^2 + 2 penalty_j) / n_k``.
+    With one, the diagonal in the centered coordinates: with ``s_a`` the
+    total curvature ``sum_i (B_i)_aa`` and ``m_a`` the curvature-weighted
+    mean row, the scores are ``(x_i - m_a) w_a + (m_a^T w_a + b_a)``, whose
+    Hessian's diagonal is ``sum_i (B_i)_aa x_ij^2 - s_a m_aj^2`` for the
+    features and ``s_a`` for the shifted intercept. Non-negative features
+    (TF-IDF, counts, one-hot) couple every coefficient to the intercept:
+    this preconditioner inverts that coupling exactly and took 91 Hessian
+    products where the plain diagonal took 220 (the 20,000 x 50,000
+    benchmark's search).
+    """
+    weights = point.score.diagonal
+    design = point.design
+    squares = design.squared_transposed_matmul(weights)
+    extra = torch.zeros_like(point.n_train)
     if point.damping is not None:
-        diagonal = diagonal + (point.damping * point.n_train)[:, None, None]
-    # A feature no training sample of a fold uses, unpenalized, is flat.
-    jitter = 1e-10 * diagonal.mean((1, 2)).clamp_min(1.0)
-    inverse = point.n_train[:, None, None] / (diagonal + jitter[:, None, None])
-    return partial(_solve_diagonal, inverse=inverse)
+        extra = point.damping * point.n_train
+    extra = extra[:, None, None]
+    if not design.intercept:
+        diagonal = squares + point.column_penalty[..., None] + extra
+        # A feature no training sample of a fold uses, unpenalized, is flat.
+        jitter = 1e-10 * diagonal.mean((1, 2)).clamp_min(1.0)
+        inverse = point.n_train[:, None, None] / (diagonal + jitter[:, None, None])
+        return partial(_solve_diagonal, inverse=inverse)
+    total = weights.sum(1, keepdim=True)  # (K, 1, c)
+    tiny = torch.finfo(total.dtype).tiny
+    mean = design.transposed_matmul(weights)[:, :-1] / total.clamp_min(tiny)
+    # Rounding (single-precision squares) may leave a centered entry below 0.
+    centered = (squares[:, :-1] - total * mean**2).clamp_min(0.0)
+    diagonal = centered + point.column_penalty[:, :-1, None] + extra
+    jitter = 1e-10 * diagonal.mean((1, 2)).clamp_min(1.0)[:, None, None]
+    n_train = point.n_train[:, None, None]
+    # In single precision: a preconditioner needs no more.
+    return partial(
+        _solve_centered,
+        inverse=(n_train / (diagonal + jitter)).float(),
+        mean=mean.float(),
+        intercept_inverse=n_train / (total + extra + jitter),
+    )
 
 
 def _dense_grams(design: Tensor, weights: Tensor) -> Tensor:

@@ -1,14 +1,22 @@
 """Sparse designs: CSR features kept sparse through the inner problems.
 
-A :class:`SparseDesign` holds a CSR matrix as torch CSR tensors, with its
-transpose stored beside it so that both ``X @ W`` and ``X^T @ R`` are row-wise
-sparse products (``X^T`` taken on the fly is several times slower). It stands
+A :class:`SparseDesign` holds a CSR matrix as torch CSR tensors (sharing
+scipy's memory) and, for ``X^T @ R``, either a stored transpose (a product
+row-wise like ``X @ W``: ``X^T`` taken on the fly by torch is about 35 times
+slower) or, on the CPU for a wide design, scipy's product with ``X.T`` (a
+view: no memory, about twice the time of the stored transpose). It stands
 where a dense ``(n, d)`` or ``(K, n, d)`` tensor stands in :class:`FoldData`,
 with the few tensor attributes the adapters read (``shape``, ``dtype``,
 ``device``, ``dim()``, ``numel()``). Nothing here makes a dense ``(n, d)``
 array: the products are sparse, the Gram matrices ``X^T diag(w) X`` are
 ``(d, d)`` (formed only when ``d`` is small) and the diagonal
 preconditioner's column norms are one sparse product.
+
+A wide design on the CPU stores one transpose only, in single precision, for
+the loose first products of the conjugate gradient (:meth:`SparseDesign.float`):
+on the 20,000 x 50,000 benchmark with 2 million entries, 16 MB where a double
+transpose (24 MB), single-precision values of both (16 MB) and the
+preconditioner's squared entries (8 MB) took 48 MB.
 
 Any linear adapter can use these designs through :func:`matmul`,
 :func:`transposed_matmul`, :meth:`SparseDesign.grams` and
@@ -23,7 +31,7 @@ import torch
 from sklearn.utils import check_array
 from torch import Tensor
 
-from ..utils import to_sparse_tensor
+from ..utils import resolve_device, to_numpy, to_sparse_tensor, to_tensor
 
 # Most features for which Gram matrices (d x d per fold and output) are formed
 # from a sparse design; past this, a diagonal preconditioner serves and
@@ -41,14 +49,23 @@ def canonical_csr(X, canonical=True):
     return X
 
 
+def _apply(operand, dense: Tensor) -> Tensor:
+    """``operand @ dense``: a torch CSR tensor, or a scipy sparse matrix (the
+    transposed view ``X.T`` of a CPU design) through numpy."""
+    if isinstance(operand, Tensor):
+        return operand @ dense.contiguous()
+    product = operand @ to_numpy(dense)
+    return to_tensor(product, device=dense.device, dtype=dense.dtype)
+
+
 class _Product(torch.autograd.Function):
     """``matrix @ dense`` differentiable in ``dense`` to any order, the
-    backward product taken with the stored transpose."""
+    backward product taken with the transpose."""
 
     @staticmethod
     def forward(ctx, dense, matrix, transposed):
         ctx.matrices = (matrix, transposed)
-        return matrix @ dense.contiguous()
+        return _apply(matrix, dense)
 
     @staticmethod
     def backward(ctx, grad):
@@ -56,15 +73,16 @@ class _Product(torch.autograd.Function):
         return _Product.apply(grad, transposed, matrix), None, None
 
 
-def _product(dense: Tensor, matrix: Tensor, transposed: Tensor) -> Tensor:
+def _product(dense: Tensor, matrix, transposed) -> Tensor:
     if torch.is_grad_enabled() and dense.requires_grad:
         return _Product.apply(dense, matrix, transposed)
-    return matrix @ dense.contiguous()
+    return _apply(matrix, dense)
 
 
 class SparseDesign:
     """Sparse features, shared by the K folds (n, d) or one matrix per fold
-    (K, n, d), as torch CSR tensors and their transposes.
+    (K, n, d), as torch CSR tensors, with their transposes: torch CSR
+    tensors, or scipy's transposed views ``X.T`` (CPU only).
 
     ``intercept`` adds a column of ones (never stored) to the products and
     the Gram matrices: the design of a model with an intercept.
@@ -107,14 +125,21 @@ class SparseDesign:
         return sum(int(X.values().numel()) for X in self.matrices)
 
     def float(self) -> "SparseDesign":
-        """The same design in single precision (the indices shared), for the
-        loose first products of the conjugate gradient."""
+        """The same design in single precision, for the loose first products
+        of the conjugate gradient: the values cast (the indices shared), and
+        a stored transpose in single precision where the design has only
+        scipy's view (its products then run at torch's row-wise speed)."""
+        matrices, transposes = [], []
+        for X, XT in zip(self.matrices, self.transposes):
+            if isinstance(XT, Tensor):
+                matrices.append(_with_values(X, X.values().float()))
+                transposes.append(_with_values(XT, XT.values().float()))
+            else:
+                single = _single(XT.T, square=False)
+                matrices.append(to_sparse_tensor(single, dtype="float32"))
+                transposes.append(to_sparse_tensor(single.T.tocsr(), dtype="float32"))
         return SparseDesign(
-            [_with_values(X, X.values().float()) for X in self.matrices],
-            [_with_values(X, X.values().float()) for X in self.transposes],
-            self.n_samples,
-            self.n_features,
-            self.intercept,
+            matrices, transposes, self.n_samples, self.n_features, self.intercept
         )
 
     def with_intercept(self, fit_intercept: bool) -> "SparseDesign":
@@ -169,19 +194,18 @@ class SparseDesign:
     def squared_transposed_matmul(self, weights: Tensor) -> Tensor:
         """``sum_i weights[k, i, a] x_ij^2`` per fold, (K, D, c): the diagonal
         of the weighted Gram matrices, without forming them."""
-        if "squared" not in self._derived:
-            # In single precision: a preconditioner needs no more.
-            self._derived["squared"] = tuple(
-                _with_values(XT, XT.values().float() ** 2) for XT in self.transposes
-            )
-        squares = SparseDesign(
-            self.matrices,
-            self._derived["squared"],
-            self.n_samples,
-            self.n_features,
-            False,
+        squares = self._derived.get("squared")
+        if squares is None:
+            # In single precision: a preconditioner needs no more. Stored
+            # transposes keep theirs; scipy's views make them for the call
+            # (8 MB for a few milliseconds on the benchmark's X).
+            squares = tuple(_squared(XT) for XT in self.transposes)
+            if all(isinstance(XT, Tensor) for XT in self.transposes):
+                self._derived["squared"] = squares
+        design = SparseDesign(
+            self.matrices, squares, self.n_samples, self.n_features, False
         )
-        diagonal = squares.transposed_matmul(weights.float()).to(weights.dtype)
+        diagonal = design.transposed_matmul(weights.float()).to(weights.dtype)
         if self.intercept:
             diagonal = torch.cat([diagonal, weights.sum(1, keepdim=True)], dim=1)
         return diagonal
@@ -224,6 +248,22 @@ def _with_values(X: Tensor, values: Tensor) -> Tensor:
         )
 
 
+def _single(X, square: bool):
+    """A scipy CSR ``X`` with single-precision values (squared with
+    ``square``), its index arrays shared."""
+    values = X.data.astype(np.float32)
+    if square:
+        np.square(values, out=values)
+    return sp.csr_matrix((values, X.indices, X.indptr), shape=X.shape)
+
+
+def _squared(XT):
+    """A transpose with its entries squared, in single precision."""
+    if isinstance(XT, Tensor):
+        return _with_values(XT, XT.values().float() ** 2)
+    return _single(XT.T, square=True).T
+
+
 def _rows(X: Tensor) -> Tensor:
     """The row of each stored entry of a CSR tensor."""
     crow = X.crow_indices()
@@ -240,11 +280,18 @@ def sparse_features(features, *, device, dtype) -> SparseDesign | None:
     # The products with dense tensors take any order of the indices (and
     # add duplicates, as a product should); the sparse products of the Gram
     # matrices get canonical ones. A wide X is not copied to sort it.
-    canonical = matrices[0].shape[1] <= SPARSE_GRAM_FEATURES
-    matrices = [canonical_csr(X, canonical) for X in matrices]
+    narrow = matrices[0].shape[1] <= SPARSE_GRAM_FEATURES
+    matrices = [canonical_csr(X, narrow) for X in matrices]
+    # A wide design on the CPU takes its transposed products from scipy's
+    # view of X (no copy); the Gram matrices' sparse products, and other
+    # devices, need a stored transpose.
+    stored = narrow or resolve_device(device).type != "cpu"
     return SparseDesign(
         [to_sparse_tensor(X, device=device, dtype=dtype) for X in matrices],
-        [to_sparse_tensor(X.T.tocsr(), device=device, dtype=dtype) for X in matrices],
+        [
+            to_sparse_tensor(X.T.tocsr(), device=device, dtype=dtype) if stored else X.T
+            for X in matrices
+        ],
         matrices[0].shape[0],
         matrices[0].shape[1],
     )
