@@ -310,9 +310,14 @@ def _solve_centered(
     """``L^{-1} diag^{-1} L^{-T}`` applied to (K, D, c), the intercept last,
     with ``L`` the centering of :func:`_diagonal`."""
     features, offset = stacked[:, :-1], stacked[:, -1:]
-    solved = (features - mean * offset) * inverse
-    shift = offset * intercept_inverse - (mean * solved).sum(1, keepdim=True)
-    return torch.cat([solved, shift], dim=1)
+    # Written into one result: each (K, D, c) temporary of a conjugate-
+    # gradient iteration is one more block for the allocator to hold.
+    result = torch.empty_like(stacked)
+    solved = result[:, :-1]
+    torch.addcmul(features, mean, offset, value=-1.0, out=solved)
+    solved.mul_(inverse)
+    result[:, -1:] = offset * intercept_inverse - (solved * mean).sum(1, keepdim=True)
+    return result
 
 
 def _diagonal(point: _Point) -> Callable[[Tensor], Tensor]:
