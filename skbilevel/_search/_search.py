@@ -106,6 +106,9 @@ class BilevelSearchCV(BaseSearchCV):
         Number of jobs for the independent hypergradient runs and for the
         evaluation of the candidates. ``None`` means 1 unless in a
         :obj:`joblib.parallel_backend` context; ``-1`` uses all processors.
+        The runs take joblib's threading backend unless a backend is
+        selected (``joblib.parallel_config``, e.g. loky, Dask or Ray): their
+        work is torch's, which releases the GIL, and threads start at once.
 
     refit : bool, str, or callable, default=True
         Refit the best setting on the whole dataset, as in GridSearchCV.
@@ -181,10 +184,14 @@ class BilevelSearchCV(BaseSearchCV):
         evaluate its starting point fails (its row follows
         ``error_score``).
 
-    outer_optimizer : {"lbfgs", "adam"}, default="lbfgs"
+    outer_optimizer : {"auto", "lbfgs", "adam"}, default="auto"
         The outer optimizer: L-BFGS-B on the box of the unconstrained
-        hyperparameters, or projected Adam. A sample-weight budget always uses
-        projected Adam.
+        hyperparameters, or projected Adam. ``"auto"`` is projected Adam when
+        the space has a :class:`~skbilevel.SampleWeight` entry (thousands of
+        weights in [0, 1]: Adam moves each by at most about
+        ``outer_learning_rate`` per step, whatever the scale of its
+        hypergradient) and L-BFGS-B otherwise. A sample-weight budget always
+        uses projected Adam.
 
     outer_learning_rate : float, default=0.1
         Step size of projected Adam.
@@ -293,7 +300,7 @@ class BilevelSearchCV(BaseSearchCV):
         "inner_tol": [Interval(numbers.Real, 0, None, closed="neither")],
         "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
         "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "outer_optimizer": [StrOptions({"lbfgs", "adam"})],
+        "outer_optimizer": [StrOptions({"auto", "lbfgs", "adam"})],
         "outer_learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "n_restarts": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str, torch.device],
@@ -321,7 +328,7 @@ class BilevelSearchCV(BaseSearchCV):
         inner_tol=1e-5,
         max_iter=30,
         tol=1e-4,
-        outer_optimizer="lbfgs",
+        outer_optimizer="auto",
         outer_learning_rate=0.1,
         n_restarts=1,
         device="auto",
@@ -607,11 +614,16 @@ class BilevelSearchCV(BaseSearchCV):
 
 def _parallel(n_jobs):
     """joblib's Parallel yielding each run's outcome as it completes, or the
-    list of them on a backend that cannot yield (Ray's)."""
+    list of them on a backend that cannot yield (Ray's).
+
+    Threads unless a backend is selected (``parallel_config``): a run's work
+    is torch's, which releases the GIL, and a thread starts at once where a
+    worker process first imports torch and scikit-learn (about 3 s here).
+    """
     try:
-        return Parallel(n_jobs=n_jobs, return_as="generator")
+        return Parallel(n_jobs=n_jobs, return_as="generator", prefer="threads")
     except ValueError:
-        return Parallel(n_jobs=n_jobs)
+        return Parallel(n_jobs=n_jobs, prefer="threads")
 
 
 def _validated_weights(sample_weight, X):
