@@ -74,13 +74,14 @@ class FoldSolutions:
 
 
 def fitted_estimator(estimator, attributes, X_train, y_train):
-    """A clone of ``estimator`` holding the fitted ``attributes`` of a fold.
+    """``estimator``, an unfitted clone, given the fitted ``attributes`` of a
+    fold in place (the wrapper's fit clones once: a clone of Lasso took
+    0.15 ms here, of about 2 ms per assembled fit and score on diabetes).
 
     ``X_train`` (the features the estimator sees) and ``y_train`` give what
     scikit-learn's ``fit`` would also set: classes, the number and names of
     the features.
     """
-    estimator = clone(estimator)
     for name, value in attributes.items():
         setattr(estimator, name, value)
     estimator.n_features_in_ = np.shape(X_train)[1]
@@ -218,6 +219,7 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             name, final = expressed.steps[-1]
         else:
             name, final = type(expressed).__name__.lower(), expressed
+        # ``expressed`` is this fit's own clone.
         fitted = fitted_estimator(final, attributes, features, y)
         return Pipeline(steps + [(name, fitted)]) if steps else fitted
 
