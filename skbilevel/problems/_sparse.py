@@ -13,10 +13,11 @@ array: the products are sparse, the Gram matrices ``X^T diag(w) X`` are
 preconditioner's column norms are one sparse product.
 
 A wide design on the CPU stores one transpose only, in single precision, for
-the loose first products of the conjugate gradient (:meth:`SparseDesign.float`):
-on the 20,000 x 50,000 benchmark with 2 million entries, 16 MB where a double
-transpose (24 MB), single-precision values of both (16 MB) and the
-preconditioner's squared entries (8 MB) took 48 MB.
+the loose first products of the conjugate gradient (:meth:`SparseDesign.float`,
+with a single-precision copy of the values of ``X``): on the 20,000 x 50,000
+benchmark with 2 million entries, 24 MB where a double transpose (24 MB),
+single-precision values of both (16 MB) and the preconditioner's squared
+entries (8 MB) took 48 MB.
 
 Any linear adapter can use these designs through :func:`matmul`,
 :func:`transposed_matmul`, :meth:`SparseDesign.grams` and
