@@ -2,10 +2,11 @@
 
 Part ``search``: eight independent hypergradient runs (LogisticRegression
 ``C`` learned, ``fit_intercept`` x ``class_weight`` x two restarts) on digits,
-cv=5, with ``n_jobs=1``, loky ``n_jobs=2``, the threading backend
-``n_jobs=2`` and Dask (a ``LocalCluster`` of two worker processes of one
-thread each). Each configuration runs in turn, ``--repeats`` times, in this
-process; times are medians. Loky's and Dask's workers are warmed by one
+cv=5, with ``n_jobs=1``, ``n_jobs=2`` (the runs' default backend, threads),
+loky ``n_jobs=2`` (selected with ``joblib.parallel_backend``) and Dask (a
+``LocalCluster`` of two worker processes of one thread each). Each
+configuration runs in turn, ``--repeats`` times, in this process; times are
+medians. Loky's and Dask's workers are warmed by one
 untimed search first (they have imported torch, scikit-learn and skbilevel,
 as after any earlier search); the cold rows are the first search of a fresh
 process (loky) or a fresh cluster (Dask, its start-up timed apart), each in
@@ -14,7 +15,7 @@ a subprocess.
 Part ``small``: the cases of issue 12, each the first search of a fresh
 process: a two-value search on breast_cancer (``C`` learned x
 ``fit_intercept``, cv=5) and ``cross_val_score(BilevelSearchCV(...), cv=3)``
-of the same search, with ``n_jobs=1`` and ``n_jobs=2``.
+of the same search, with ``n_jobs=1``, ``n_jobs=2`` and loky ``n_jobs=2``.
 
 Part ``startup``: the imports a worker pays before its first task, each in a
 fresh process (median of ``--repeats``): torch, then scikit-learn's modules
@@ -44,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("n_jobs=1", "loky n_jobs=2", "threading n_jobs=2", "dask 2 workers")
+CONFIGS = ("n_jobs=1", "n_jobs=2 (threads)", "loky n_jobs=2", "dask 2 workers")
 
 
 def _search(case, n_jobs=None):
@@ -108,8 +109,8 @@ def search_part(repeats):
     cluster, client = _dask_cluster()
     contexts = {
         "n_jobs=1": (None, 1),
-        "loky n_jobs=2": (None, 2),
-        "threading n_jobs=2": ("threading", 2),
+        "n_jobs=2 (threads)": (None, 2),
+        "loky n_jobs=2": ("loky", 2),
         "dask 2 workers": ("dask", None),
     }
     times = {name: [] for name in CONFIGS}
@@ -166,7 +167,14 @@ def cold_main(case, mode):
         cluster.close()
         print(json.dumps({"cluster": up, "first": first}))
         return
-    n_jobs = int(mode)
+    backend = "loky" if mode.startswith("loky") else None
+    n_jobs = int(mode.removeprefix("loky"))
+    if backend is not None:
+        import joblib
+
+        with joblib.parallel_backend(backend):
+            cold_main(case, str(n_jobs))
+        return
     if case == "nested":
         search, X, y = _search(case)
         seconds = _timed(lambda: cross_val_score(search, X, y, cv=3, n_jobs=n_jobs))
@@ -211,7 +219,8 @@ def startup_part(repeats):
 def _search_rows(args):
     load = _load()
     warm = search_part(args.repeats)
-    cold_loky = _median_cold(["eight", "2"], args.threads, args.repeats)
+    cold_loky = _median_cold(["eight", "loky2"], args.threads, args.repeats)
+    cold_threads = _median_cold(["eight", "2"], args.threads, args.repeats)
     cold_one = _median_cold(["eight", "1"], args.threads, args.repeats)
     cold_dask = _median_cold(["eight", "dask"], args.threads, args.repeats)
     base = warm["n_jobs=1"][0]
@@ -234,6 +243,8 @@ def _search_rows(args):
     lines += [
         f"| n_jobs=1, fresh process | {cold_one['first']:.2f} | "
         f"{cold_one['first'] / base:.2f} | | |",
+        f"| n_jobs=2 (threads), fresh process | {cold_threads['first']:.2f} | "
+        f"{cold_threads['first'] / base:.2f} | | |",
         f"| loky n_jobs=2, fresh process (workers start) | {cold_loky['first']:.2f} | "
         f"{cold_loky['first'] / base:.2f} | | |",
         f"| dask 2 workers, first search on a fresh cluster | {cold_dask['first']:.2f} "
@@ -252,8 +263,9 @@ def _small_rows(args):
         "## Issue 12's small cases, first run of a fresh process, median of "
         f"{args.repeats}",
         "",
-        "| case | n_jobs=1 (s) | n_jobs=2 (s) | ratio |",
-        "|---|---|---|---|",
+        "| case | n_jobs=1 (s) | n_jobs=2, threads (s) | ratio | loky n_jobs=2 (s) "
+        "| ratio |",
+        "|---|---|---|---|---|---|",
     ]
     names = {
         "two": "two-value search, breast_cancer, cv=5",
@@ -262,7 +274,11 @@ def _small_rows(args):
     for case, name in names.items():
         one = _median_cold([case, "1"], args.threads, args.repeats)["first"]
         two = _median_cold([case, "2"], args.threads, args.repeats)["first"]
-        lines.append(f"| {name} | {one:.2f} | {two:.2f} | {two / one:.1f} |")
+        loky = _median_cold([case, "loky2"], args.threads, args.repeats)["first"]
+        lines.append(
+            f"| {name} | {one:.2f} | {two:.2f} | {two / one:.1f} | {loky:.2f} "
+            f"| {loky / one:.1f} |"
+        )
     lines += ["", f"Load: {load} before, {_load()} after.", ""]
     return lines
 

@@ -77,7 +77,11 @@ def _assert_same_search(ours, theirs):
 
 @pytest.fixture(scope="module")
 def loky_searches():
-    return {case: make().set_params(n_jobs=2).fit(X, Y) for case, make in CASES.items()}
+    # The runs take threads unless a backend is selected: select loky.
+    with joblib.parallel_backend("loky"):
+        return {
+            case: make().set_params(n_jobs=2).fit(X, Y) for case, make in CASES.items()
+        }
 
 
 @pytest.fixture(scope="module")

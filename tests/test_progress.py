@@ -88,11 +88,31 @@ def test_verbose_2_with_two_workers(capfd):
     completes (the same lines as a sequential search), nothing else."""
     sequential = ridge_search(verbose=2).fit(X, y)
     expected = without_times(step_lines(capfd.readouterr()[0]))
-    search = ridge_search(verbose=2, n_jobs=2).fit(X, y)
+    with parallel_backend("loky"):
+        search = ridge_search(verbose=2, n_jobs=2).fit(X, y)
     out, err = capfd.readouterr()
     lines = step_lines(out)
     assert without_times(lines) == expected
     check_step_lines(lines, search)
+    assert len(sequential.history_) == len(search.history_)
+    assert out.count("\n") == len(lines)
+    assert "2/2" in err and "Done" not in err
+
+
+def test_verbose_2_with_two_threads(capfd):
+    """Runs in threads (the default with n_jobs): each step is printed as it
+    is taken, every run's lines in its order, nothing else."""
+    sequential = ridge_search(verbose=2).fit(X, y)
+    expected = without_times(step_lines(capfd.readouterr()[0]))
+    search = ridge_search(verbose=2, n_jobs=2).fit(X, y)
+    out, err = capfd.readouterr()
+    lines = step_lines(out)
+    assert sorted(without_times(lines)) == sorted(expected)
+    for run in ("run 1", "run 2"):
+        ours = [line for line in without_times(lines) if line.endswith(run)]
+        assert ours == [line for line in expected if line.endswith(run)]
+    # history_ holds run 1's steps, then run 2's.
+    check_step_lines(sorted(lines, key=lambda line: "run 2" in line), search)
     assert len(sequential.history_) == len(search.history_)
     assert out.count("\n") == len(lines)
     assert "2/2" in err and "Done" not in err
