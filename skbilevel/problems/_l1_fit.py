@@ -78,6 +78,14 @@ def _column_major(X):
     return np.asfortranarray(X, dtype=np.float64)
 
 
+def _columns(X, working):
+    """The ``working`` columns of a column-major ``X``, column-major (one
+    copy: indexing the rows of the transpose keeps its order)."""
+    if sp.issparse(X):
+        return _column_major(X[:, working])
+    return X.T[working].T
+
+
 def _rescaled(X, scale):
     if scale is None:
         return X
@@ -137,15 +145,14 @@ def _working_set_fit(fold, design, targets, weights, coef, working, threshold, t
     working set needs only their support): on the 200 x 5000 design each
     fold's two rounds at ``tol`` took most of the search's time.
     """
-    n_features = design.shape[1]
-    loose = max(tol, WORKING_SET_TOL) if len(working) < n_features else tol
-    fold_tol = loose
+    every = len(working) == design.shape[1]
+    fold_tol = tol if every else max(tol, WORKING_SET_TOL)
     for _ in range(WORKING_SET_ROUNDS):
         fold.coef_ = coef[working].T
         fold.tol = fold_tol
         with config_context(skip_parameter_validation=True):
             fold.fit(
-                _column_major(design[:, working]),
+                design if every else _columns(design, working),
                 targets,
                 sample_weight=weights,
                 check_input=False,
@@ -153,6 +160,8 @@ def _working_set_fit(fold, design, targets, weights, coef, working, threshold, t
         coef = np.zeros_like(coef)
         coef[working] = np.reshape(fold.coef_, (coef.shape[1], -1)).T
         intercept = np.atleast_1d(fold.intercept_)
+        if every:
+            break
         gradient = _data_gradient(design, targets, weights, coef, intercept)
         violating = (np.abs(gradient) > threshold * (1 + 1e-9)).any(axis=1)
         violating[working] = False
