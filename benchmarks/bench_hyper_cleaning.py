@@ -33,10 +33,26 @@ about 1e-4 per example) for each T of ``--T``, and, as the limit
 T -> infinity, the logistic model with ``C = 1 / alpha`` (the same L2
 strength on the summed loss) and implicit differentiation.
 
+``--part cv``: cross-validated hyper-cleaning: the logistic model's search
+on the fixed split, then with ``cv=KFold(5, shuffle=True,
+random_state=seed)`` over all training + validation examples, every one
+weighted (the validation folds then hold flipped labels too); its table adds
+the validation part's mean learned weight and the fraction of it flagged.
+
+``--dataset digits``: the same protocol on scikit-learn's digits (8 x 8
+images in [0, 1]) instead of MNIST, e.g. 600 / 600 / 597 of its 1,797.
+
+Every search runs with BilevelSearchCV's defaults for a SampleWeight search
+(``outer_optimizer="auto"``: projected Adam, ``outer_learning_rate=0.1``,
+``max_iter=30``) unless a flag sets one.
+
 Usage::
 
-    nice -n 19 python benchmarks/bench_hyper_cleaning.py --threads 1 \\
-        --seeds 0 1 2 --max-iter 30
+    nice -n 10 python benchmarks/bench_hyper_cleaning.py --models logistic
+    nice -n 10 python benchmarks/bench_hyper_cleaning.py --dataset digits \\
+        --models logistic --n-train 600 --n-val 600 --n-test 597
+    nice -n 10 python benchmarks/bench_hyper_cleaning.py --part cv \\
+        --n-train 1000 --n-val 1000 --threads 1
     nice -n 19 python benchmarks/bench_hyper_cleaning.py --part T --threads 1 \\
         --T 10 50 200 1000
     # smoke run
@@ -57,10 +73,11 @@ import numpy as np
 import torch
 from _memory import PeakMemory
 from sklearn.base import clone
+from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_recall_curve
-from sklearn.model_selection import PredefinedSplit
+from sklearn.model_selection import KFold, PredefinedSplit
 from threadpoolctl import threadpool_limits
 
 from skbilevel import BilevelSearchCV, SampleWeight
@@ -71,13 +88,23 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks/results/bench_hyper_cleaning"
 
 
-def load(path, n_train, n_val, n_test, seed):
-    """The protocol's split of the first n_train + n_val + n_test images."""
+def images(dataset, path, n):
+    """The first n images of MNIST (in [0, 1]) or of scikit-learn's digits."""
+    if dataset == "digits":
+        X, y = load_digits(return_X_y=True)
+        if n > len(y):
+            raise ValueError(f"digits has {len(y)} images; {n} were asked for.")
+        return X[:n] / 16.0, y[:n]
     mnist = load_mnist(path)
+    return mnist.X_train[:n].reshape(n, -1) / 255.0, mnist.y_train[:n]
+
+
+def load(path, n_train, n_val, n_test, seed, dataset="mnist"):
+    """The protocol's split of the first n_train + n_val + n_test images."""
     n = n_train + n_val + n_test
+    X, y = images(dataset, path, n)
     index = np.random.RandomState(seed).permutation(n)
-    X = mnist.X_train[:n].reshape(n, -1)[index] / 255.0
-    y = mnist.y_train[:n][index].astype(np.int64)
+    X, y = X[index], y[index].astype(np.int64)
     y_noisy, flipped = flip_labels(y[:n_train], 0.5, random_state=seed)
     fit = slice(0, n_train + n_val)
     return {
@@ -110,7 +137,9 @@ def unrolled(T, alpha, seed):
 
 def search(estimator, args):
     space = {"sample_weight": SampleWeight(init=args.init, budget=args.budget)}
-    options = {"max_iter": args.max_iter, "device": "cpu"}
+    options = {"device": "cpu"}
+    if args.max_iter is not None:
+        options["max_iter"] = args.max_iter
     if args.outer_optimizer is not None:
         options["outer_optimizer"] = args.outer_optimizer
     if args.outer_lr is not None:
@@ -140,16 +169,21 @@ def fit_plain(estimator, X, y, X_test, y_test):
     }
 
 
-def fit_search(make, data, threshold):
-    """The hyper-cleaned row: test accuracy, flagging, time, memory, weights."""
+def fit_search(make, data, threshold, split=None):
+    """The hyper-cleaned row: test accuracy, flagging (of the training part),
+    the validation part's weights, time, memory, weights."""
     n_train = data["flipped"].size
     start = time.perf_counter()
     with PeakMemory() as memory:
-        fitted = make(data["split"]).fit(data["X_fit"], data["y_fit"])
+        split = data["split"] if split is None else split
+        fitted = make(split).fit(data["X_fit"], data["y_fit"])
     seconds = time.perf_counter() - start
-    weights = np.asarray(fitted.best_params_["sample_weight"])[:n_train]
+    learned = np.asarray(fitted.best_params_["sample_weight"])
+    weights, validation = learned[:n_train], learned[n_train:]
     f1, best_f1, best_threshold = flagging(weights, data["flipped"], threshold)
     return {
+        "val_weight": validation.mean(),
+        "val_flagged": np.mean(validation < threshold),
         "accuracy": fitted.score(data["X_test"], data["y_test"]),
         "seconds": seconds,
         "peak_mb": memory.added_mb,
@@ -210,6 +244,27 @@ def protocol_rows(data, args, seed):
     return rows
 
 
+def cv_rows(data, args, seed):
+    """LogisticRegression hyper-cleaned on the fixed split, then with cv=5
+    over all training + validation examples, every one weighted."""
+    X, y, X_test, y_test = data["X_fit"], data["y_fit"], data["X_test"], data["y_test"]
+    estimator = logistic(args.C)
+    rows = {
+        "baseline": fit_plain(estimator, X, y, X_test, y_test),
+        "oracle": fit_plain(estimator, *clean_part(data), X_test, y_test),
+    }
+    folds = KFold(5, shuffle=True, random_state=seed)
+    for name, split in [
+        ("hyper-cleaned, fixed split (training part weighted)", None),
+        ("hyper-cleaned, cv=5 over training + validation (all weighted)", folds),
+    ]:
+        row = fit_search(search(estimator, args), data, args.threshold, split)
+        rows[name] = row
+    for name, row in rows.items():
+        report(seed, name, row)
+    return rows
+
+
 def t_rows(data, args, seed):
     """The unrolled search for each T, then implicit differentiation (T = inf)."""
     rows = {}
@@ -233,11 +288,15 @@ def summary(values, fmt):
 
 
 def table(results):
-    """One markdown row per method, mean ± std over the seeds."""
+    """One markdown row per method, mean ± std over the seeds; with the
+    validation part's weights where some were learned (part cv)."""
+    extra = [("val_weight", ".3f"), ("val_flagged", ".3f")]
+    validation = any(r.get("val_weight", 1) < 1 for r in results[0].values())
     lines = [
         "| method | test accuracy | F1 at threshold | best F1 (PR curve) "
-        "| its weight threshold | outer evaluations | seconds | peak MB added |",
-        "|---|---|---|---|---|---|---|---|",
+        "| its weight threshold | outer evaluations | seconds | peak MB added |"
+        + (" validation part: mean weight | its fraction flagged |" * validation),
+        "|---|---|---|---|---|---|---|---|" + "---|---|" * validation,
     ]
     for name in results[0]:
         runs = [seed_rows[name] for seed_rows in results]
@@ -253,6 +312,8 @@ def table(results):
             summary([r["seconds"] for r in runs], ".1f"),
             summary([r["peak_mb"] for r in runs], ".0f"),
         ]
+        for key, fmt in extra * validation:
+            cells.append(summary([r.get(key) for r in runs], fmt))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -312,24 +373,30 @@ def plot_t(results, args, path):
 def header(args, n_seeds):
     threads = "default" if args.threads is None else str(args.threads)
     space = f"SampleWeight(init={args.init}, budget={args.budget})"
+    folds = ""
+    if args.part == "cv":
+        folds = " and KFold(5, shuffle=True, random_state=seed) over all"
     outer = (
-        f"max_iter={args.max_iter}, outer_optimizer="
+        f"max_iter={args.max_iter or 'default'}, outer_optimizer="
         f"{args.outer_optimizer or 'default'}, outer_learning_rate="
         f"{args.outer_lr or 'default'}, inner_steps (logistic)="
         f"{args.inner_steps or 'default'}"
     )
     return [
-        f"MNIST, first {args.n_train + args.n_val + args.n_test} training images "
+        f"{'MNIST' if args.dataset == 'mnist' else 'scikit-learn digits'}, first "
+        f"{args.n_train + args.n_val + args.n_test} images "
         f"shuffled by the seed: {args.n_train} training (50% of labels flipped), "
         f"{args.n_val} clean validation, {args.n_test} clean test. "
         f"Seeds {args.seeds} (mean ± std over {n_seeds}). "
         f"BilevelSearchCV(model, {{'sample_weight': {space}}}, "
-        f"cv=PredefinedSplit, {outer}). LogisticRegression(C={args.C}) "
+        f"cv=PredefinedSplit{folds}, {outer}). "
+        f"LogisticRegression(C={args.C}) "
         f"(part T: C = 1/alpha); TorchMLPClassifier(hidden_layer_sizes=(), "
         f"solver='sgd', learning_rate=0.1, momentum=0, alpha={args.alpha}, "
         f"max_iter=T). Flagged: weight < {args.threshold}. torch "
-        f"{torch.__version__}, threads: {threads}, load average at start "
-        f"{args.load_at_start:.2f}.",
+        f"{torch.__version__}, threads: {threads}, 1-minute load average "
+        f"(`uptime`) at start {args.load_at_start:.2f}, when written "
+        f"{os.getloadavg()[0]:.2f}.",
         "",
     ]
 
@@ -337,7 +404,8 @@ def header(args, n_seeds):
 def parse():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(ROOT / "../shared/data/mnist.npz"))
-    parser.add_argument("--part", choices=["protocol", "T"], default="protocol")
+    parser.add_argument("--part", choices=["protocol", "T", "cv"], default="protocol")
+    parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist")
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-val", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=10000)
@@ -349,7 +417,9 @@ def parse():
         default=["logistic", "unrolled"],
         choices=["logistic", "unrolled"],
     )
-    parser.add_argument("--max-iter", type=int, default=30, help="outer steps")
+    parser.add_argument(
+        "--max-iter", type=int, default=None, help="outer steps (default: the search's)"
+    )
     parser.add_argument(
         "--T",
         type=int,
@@ -372,7 +442,8 @@ def parse():
     if args.T is None:
         args.T = [1000] if args.part == "protocol" else [10, 50, 200, 1000]
     if args.output is None:
-        name = "protocol.md" if args.part == "protocol" else "effect_of_T.md"
+        name = {"protocol": "protocol.md", "T": "effect_of_T.md", "cv": "cv.md"}
+        name = name[args.part]
         args.output = str(RESULTS / name)
     return args
 
@@ -390,8 +461,11 @@ def main():
     output.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for seed in args.seeds:
-        data = load(args.data, args.n_train, args.n_val, args.n_test, seed)
-        rows = (protocol_rows if args.part == "protocol" else t_rows)(data, args, seed)
+        data = load(
+            args.data, args.n_train, args.n_val, args.n_test, seed, args.dataset
+        )
+        part = {"protocol": protocol_rows, "T": t_rows, "cv": cv_rows}[args.part]
+        rows = part(data, args, seed)
         if seed == args.seeds[0]:
             plot_weights(rows, data, output.with_name(output.stem + "_weights.png"))
         results.append(rows)
