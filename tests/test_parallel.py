@@ -265,3 +265,26 @@ def test_hyper_representation_fit_follows_the_small_data_rule(monkeypatch, small
     finally:
         torch.set_num_threads(previous)
     assert seen == [1 if small else 2]
+
+
+def test_runs_take_the_data_as_arguments_of_their_own(monkeypatch):
+    # joblib's Dask backend scatters each large, weak-referenceable argument
+    # once per Parallel call: the runs must get X as such an argument (not
+    # inside a tuple, which is pickled into every task).
+    seen = []
+    original = search_module.run
+
+    def recording(estimator, space, X, *args):
+        seen.append(X)
+        return original(estimator, space, X, *args)
+
+    monkeypatch.setattr(search_module, "run", recording)
+    search = CASES["logreg"]()
+    with joblib.parallel_backend("sequential"):
+        search.fit(X, Y)
+    assert len(seen) == 4
+    assert all(x is seen[0] for x in seen)
+    np.testing.assert_array_equal(seen[0], X)
+    joblib_dask = pytest.importorskip("joblib._dask")
+    assert joblib_dask.is_weakrefable(seen[0])
+    assert joblib_dask.sizeof(seen[0]) > 1e3

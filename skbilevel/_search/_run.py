@@ -287,8 +287,12 @@ def _optimize(objective, u0, settings, names, entries, device, report=None):
     _warn_at_max_iter(objective, settings)
 
 
-def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
+def run(estimator, space, X, y, splits, sample_weight, settings, restart, seed, hook):
     """One hypergradient run over the continuous entries of ``space``.
+
+    The data are arguments of their own, not one tuple: a backend that ships
+    each large argument once (Dask scatters it to the workers) then sends
+    ``X`` once per search, not once per run.
 
     Parameters
     ----------
@@ -297,9 +301,10 @@ def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
     space : dict of str to spec
         Continuous entries: user key (``"step__param"`` or ``"sample_weight"``)
         to its spec.
-    data_args : tuple
-        ``(X, y, splits, sample_weight)``: the validated training data, the
-        cross-validation folds and the fixed weights given to ``fit``.
+    X, y, splits, sample_weight
+        The validated training data, the cross-validation folds (a list of
+        (train, test) index arrays) and the fixed weights given to ``fit``
+        (or None).
     settings : RunSettings
         The bilevel settings of the search, resolved for this estimator.
     restart : int
@@ -307,7 +312,7 @@ def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
         from a random point drawn with ``seed``.
     seed : int
         Seed of this run.
-    step_hook : callable, default=None
+    hook : callable or None
         Called after each outer step with its history entry (hyperparameters
         by user key): the search's progress report.
 
@@ -318,6 +323,7 @@ def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
     """
     names = {key.rsplit("__", 1)[-1]: key for key in space}
     specs = {name: space[key] for name, key in names.items()}
+    data_args = (X, y, splits, sample_weight)
     record, data, problem, prefixes = _problem(estimator, specs, data_args, settings)
     objective = Objective(
         problem,
@@ -337,7 +343,7 @@ def run(estimator, space, data_args, settings, restart, seed, step_hook=None):
             names,
             data.X.numel() * folds,
             data.X.device,
-            _reporter(objective, names, step_hook),
+            _reporter(objective, names, hook),
         )
     except RunFailed as error:
         start = to_numpy(objective.constrained(u0))

@@ -493,7 +493,7 @@ class BilevelSearchCV(BaseSearchCV):
                     delayed(limited(run, threads))(
                         estimator,
                         item.specs,
-                        data_args,
+                        *data_args,
                         settings,
                         item.restart,
                         item.seed,
