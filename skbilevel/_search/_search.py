@@ -35,7 +35,7 @@ from ..utils._sklearn import (
     callbacks_of,
     routed_fit_params,
 )
-from ..utils._threads import limited, one_blas_thread, task_threads, thread_limit
+from ..utils._threads import limited, one_native_thread, task_threads, thread_limit
 from ._evaluate import (
     Evaluation,
     FoldSolutions,
@@ -576,7 +576,7 @@ class BilevelSearchCV(BaseSearchCV):
         callbacks = callbacks_of(self)
         if callbacks:
             evaluation.set_callbacks(*callbacks)
-        with one_blas_thread(X), evaluation_backend(evaluation, self.n_jobs):
+        with one_native_thread(X), evaluation_backend(evaluation, self.n_jobs):
             evaluation.fit(X, y, sample_index=np.arange(len(y)), **fit_params)
         self._take_results(evaluation)
 

@@ -4,7 +4,7 @@ Small data is thousands of small matrix products, each of which costs more
 to split between threads than to compute: the search's hypergradient runs,
 the torch MLPs' ``fit`` and ``predict`` and HyperRepresentationClassifier's
 ``fit`` run on one torch thread there, and scikit-learn's fits and scores of
-the evaluation on one BLAS thread.
+the evaluation on one BLAS and one OpenMP thread.
 
 Tasks that joblib runs side by side (loky or threading workers, Dask or Ray
 workers) share the machine's cores: each hypergradient run dispatched to them
@@ -44,19 +44,21 @@ def one_torch_thread(entries, device):
 
 
 @contextlib.contextmanager
-def one_blas_thread(X):
-    """One BLAS thread while scikit-learn fits and scores small data.
+def one_native_thread(X):
+    """One BLAS and one OpenMP thread while scikit-learn fits and scores
+    small data.
 
     On digits (1,797 x 64), ``LogisticRegression.fit`` took 0.06 s with one
-    OpenBLAS thread and about 1 s with two on a 2-core machine. As in
-    scikit-learn's own ``KMeans``, the limit holds only inside this context.
-    Data without a 2-D ``shape`` keeps the user's settings.
+    OpenBLAS thread and about 1 s with two on a 2-core machine; its loss and
+    gradient (scikit-learn's Cython losses) split over OpenMP threads too. As
+    in scikit-learn's own ``KMeans``, the limit holds only inside this
+    context. Data without a 2-D ``shape`` keeps the user's settings.
     """
     shape = getattr(X, "shape", None)
     if shape is None or len(shape) != 2 or shape[0] * shape[1] > SMALL_DATA:
         yield
         return
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):
         yield
 
 
