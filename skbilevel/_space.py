@@ -205,6 +205,21 @@ class PerFeature(_Bounded):
     Learned in log space; refitted as a fixed feature rescaling in front of the
     scikit-learn estimator, so that the estimator's own scalar penalty applies.
 
+    With one hyperparameter per feature, the cross-validation loss alone is
+    fitted by the search: a penalty moves to explain the noise of the
+    validation folds. The search therefore descends the validation loss times
+    ``1 + shrinkage * m / d``, where ``d`` is the number of penalties and ``m``
+    counts, smoothly, those that depart from their common value: a penalty
+    whose log moves by ``t`` from the common value counts
+    ``t**2 / (t**2 + 0.25)`` (half at a factor of 1.65, 0.8 at a factor of
+    e). The common value is where most log-penalties lie (the one of 65
+    quantiles of the log-penalties with the smallest count), and moves freely.
+    A heavy-tailed prior, as in automatic relevance determination: a penalty
+    departs only where the validation loss pays for it: with the default
+    ``shrinkage=2``, a penalty departing costs ``2 / d`` of the validation
+    loss, and every penalty departing at most triples it. With
+    ``shrinkage=0`` the search descends the cross-validation loss alone.
+
     Parameters
     ----------
     low, high : float
@@ -212,27 +227,84 @@ class PerFeature(_Bounded):
     init : float, default=None
         Initial value of every penalty; ``None`` starts at the geometric
         midpoint of the bounds.
+    shrinkage : float, default=2.0
+        Weight of the count of departing penalties, relative to the validation
+        loss; non-negative. On the synthetic family of
+        ``benchmarks/bench_per_feature.py`` (200 features), 2 rather than 1
+        raised the held-out R^2 from 0.48-0.66 to 0.75-0.81 with 200
+        training examples, and changed it by at most 0.012 with 400.
 
     See Also
     --------
     Real : one scalar penalty.
 
+    References
+    ----------
+    .. [1] M. E. Tipping, "Sparse Bayesian Learning and the Relevance Vector
+       Machine", JMLR 2001 (automatic relevance determination).
+    .. [2] H. Akaike, "A New Look at the Statistical Model Identification",
+       IEEE Transactions on Automatic Control, 1974 (a cost per fitted
+       parameter).
+
     Examples
     --------
+    >>> import torch
     >>> from skbilevel import PerFeature
     >>> space = PerFeature(1e-3, 1e3, init=1.0)
     >>> space.transform(space.initial((3,), dtype=torch.float32))
     tensor([1., 1., 1.])
+    >>> u = torch.zeros(4, dtype=torch.float64)
+    >>> float(space.prior(u))  # every penalty at the common value
+    0.0
+    >>> u[0] = 3.0  # one of four moved by a factor e**3
+    >>> round(float(space.prior(u)), 3)
+    0.486
     """
 
     kind = "per_feature"
+    # A log-penalty counts half as departed at this distance from the common
+    # value (a factor 1.65). On the synthetic family of
+    # benchmarks/bench_per_feature.py (seeds 0-2, an earlier form of this
+    # count), a width of 0.25 stopped the search within 10 steps (median
+    # held-out R^2 0.75 against 0.84) and 1 or 2 gave 0.01 to 0.02 less.
+    width = 0.5
+    # Candidate common values: quantiles of the log-penalties.
+    n_centers = 65
 
-    def __init__(self, low, high, init=None):
+    def __init__(self, low, high, init=None, shrinkage=2.0):
         super().__init__(low, high, init=init, log=True)
+        if (
+            not isinstance(shrinkage, RealNumber)
+            or isinstance(shrinkage, bool)
+            or not math.isfinite(shrinkage)
+            or shrinkage < 0
+        ):
+            raise ValueError(
+                f"shrinkage must be a non-negative real number; got {shrinkage!r}."
+            )
+        self.shrinkage = shrinkage
 
     def shape(self, n_features, n_samples, problem):
         """``(n_features,)``: one penalty per feature the estimator sees."""
         return (n_features,)
+
+    def _departures(self, u, center):
+        t = (u - center) / self.width
+        return t**2 / (1.0 + t**2)
+
+    def prior(self, u):
+        """``shrinkage`` times the fraction of penalties departing from their
+        common value (differentiable in ``u``, the log-penalties): the search
+        descends the validation loss times ``1 + prior(u)``."""
+        if self.shrinkage == 0 or u.numel() < 2:
+            return (u * 0.0).sum()
+        levels = torch.linspace(0.0, 1.0, self.n_centers, dtype=u.dtype)
+        candidates = torch.quantile(u.reshape(-1), levels.to(u.device))
+        with torch.no_grad():
+            counts = [self._departures(u, c).sum() for c in candidates]
+        # The chosen quantile moves with u, and the gradient follows it.
+        center = candidates[int(torch.stack(counts).argmin())]
+        return self.shrinkage * self._departures(u, center).mean()
 
     def express(self, key, value, estimator, fit_params):
         """A fixed rescaling step in front of the estimator, whose own penalty
@@ -244,7 +316,8 @@ class PerFeature(_Bounded):
 
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
-        return f"PerFeature({self.low!r}, {self.high!r}{init})"
+        shrinkage = "" if self.shrinkage == 2.0 else f", shrinkage={self.shrinkage!r}"
+        return f"PerFeature({self.low!r}, {self.high!r}{init}{shrinkage})"
 
 
 class PerStep(_Bounded):

@@ -96,6 +96,10 @@ class Objective:
     def __call__(self, u):
         """Validation loss and hypergradient at ``u``; records a history entry.
 
+        The loss is the validation loss times ``1 + prior(u)`` for the specs
+        that have a prior (:meth:`skbilevel.PerFeature.prior`), which
+        ``history`` records as the ``outer_loss`` the run descended.
+
         Raises :class:`NonFinite`, leaving the warm start as it was, when the
         inner problem diverges or the result is not finite.
         """
@@ -107,6 +111,19 @@ class Objective:
                 result = self._argmin(u)
         except FloatingPointError as error:
             raise NonFinite(str(error)) from error
+        # A spec's prior (PerFeature's count of departing penalties) multiplies
+        # the validation loss by 1 + prior(u); its slope joins the hypergradient.
+        priors = {n: s.prior for n, s in self.specs.items() if hasattr(s, "prior")}
+        if priors:
+            with torch.enable_grad():
+                at = {name: u[name].clone().requires_grad_(True) for name in priors}
+                total = sum(prior(at[name]) for name, prior in priors.items())
+                slopes = torch.autograd.grad(total, list(at.values()))
+            factor = 1.0 + total.detach()
+            grad = {name: g * factor for name, g in result.grad.items()}
+            for name, slope in zip(at, slopes):
+                grad[name] = grad[name] + result.outer_loss * slope
+            result = result._replace(outer_loss=result.outer_loss * factor, grad=grad)
         norm = float(torch.sqrt(sum((g**2).sum() for g in result.grad.values())))
         loss = float(result.outer_loss)
         if not (math.isfinite(loss) and math.isfinite(norm)):
