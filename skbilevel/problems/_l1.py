@@ -378,19 +378,35 @@ def polish(model: SparseLinear, params: Params, hparams: Params) -> Params:
         size = max(float(g.abs().max()) for g in grad.values())
         if size <= 10 * eps * max(1.0, float(params["coef"].abs().max())):
             break
-        at = curvature(model, params, hparams)
-        step, _, _ = conjugate_gradient(
-            at.hessian_vector,
-            grad,
-            tol=POLISH_TOL,
-            max_iter=max(100, 2 * model.data.train.shape[1]),
-            precondition=at.precondition,
-            batched=True,
-        )
+        step = _newton_step(model, params, hparams, grad)
         params = {name: params[name] - step[name] for name in params}
         if model.squared:
             break
     return params
+
+
+def _newton_step(model: SparseLinear, params: Params, hparams: Params, grad):
+    """``H^{-1} grad`` on the support: for the squared loss, whose Hessian
+    is constant, its exact inverse applied once where it was gathered (one
+    conjugate gradient iteration with it took 1 ms a step on diabetes, half
+    the polish); else conjugate gradient, preconditioned."""
+    if model.squared:
+        mask, _ = _support(params["coef"])
+        _, l2 = model.penalties(hparams)
+        _, second = _derivatives(model, params, hparams)
+        inverse = _support_inverse(model, mask, second, l2)
+        if inverse is not None:
+            return inverse(grad)
+    at = curvature(model, params, hparams)
+    step, _, _ = conjugate_gradient(
+        at.hessian_vector,
+        grad,
+        tol=POLISH_TOL,
+        max_iter=max(100, 2 * model.data.train.shape[1]),
+        precondition=at.precondition,
+        batched=True,
+    )
+    return step
 
 
 def kkt(model: SparseLinear, params: Params, signs: Tensor, hparams: Params):
