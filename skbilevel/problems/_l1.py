@@ -30,11 +30,12 @@ the support is locally constant.
 **The inner solve.** Each fold is fitted by scikit-learn's own solver, warm
 started (coordinate descent for the Lasso family, ``saga`` for the logistic
 model; the solver ``fit`` would run, so the support is scikit-learn's), then
-polished in torch, all folds at once, by Newton steps on the support
-(conjugate gradient on products with ``X``, so the restricted optimality
-holds to rounding), and checked against the KKT conditions: a fold whose
-signs flip or whose off-support gradient exceeds its L1 weight is refitted at
-a 1000 times smaller tolerance. Coordinate descent in compiled code is the
+polished in torch, all folds at once, by Newton steps on the support (the
+exact inverse of the support's Gram matrices, or conjugate gradient on
+products with ``X`` where they are too large to gather, so the restricted
+optimality holds to rounding), and checked against the KKT conditions: a
+fold whose signs flip or whose off-support gradient exceeds its L1 weight is
+refitted at a 1000 times smaller tolerance. Coordinate descent in compiled code is the
 fastest Lasso solver on a CPU (``LassoCV`` runs it); the data only ever meets
 ``X @ W``, ``X.T @ R`` and column norms.
 
