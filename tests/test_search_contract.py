@@ -14,7 +14,7 @@ from sklearn.datasets import (
     make_regression,
 )
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
-from sklearn.linear_model import LogisticRegression, Ridge
+from sklearn.linear_model import ElasticNet, LogisticRegression, Ridge
 from sklearn.metrics import make_scorer
 from sklearn.model_selection import (
     GroupKFold,
@@ -23,6 +23,8 @@ from sklearn.model_selection import (
     StratifiedKFold,
     cross_val_score,
 )
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skbilevel import BilevelSearchCV, PerFeature, Real, SampleWeight
 from skbilevel._search import _objective
@@ -91,6 +93,36 @@ def test_truncation_length_refused_on_the_default_path():
     search = BilevelSearchCV(Ridge(), {"alpha": 1.0}, method_params={"K": 10}, cv=2)
     with pytest.raises(ValueError, match="'implicit_forward'.*cg_tol, max_iter"):
         search.fit(X, y)
+
+
+@pytest.mark.parametrize(
+    "estimator, space, words",
+    [
+        (
+            ElasticNet(),
+            {"l1_ratio": Real(0.1, 2.0, log=False)},
+            "'l1_ratio' parameter of ElasticNet must be a float in the range",
+        ),
+        (
+            make_pipeline(StandardScaler(), LogisticRegression(solver="saga")),
+            {"logisticregression__l1_ratio": Real(0.5, 3.0, log=False)},
+            "'l1_ratio' parameter of LogisticRegression must be a float in the range",
+        ),
+    ],
+)
+def test_bounds_the_estimator_refuses_are_refused_before_any_run(
+    estimator, space, words, monkeypatch
+):
+    # Refused in fit, in scikit-learn's words, before any hypergradient run.
+    from skbilevel._search import _search
+
+    def no_run(*args):
+        raise AssertionError("a run started")
+
+    monkeypatch.setattr(_search, "run", no_run)
+    X, y = load_breast_cancer(return_X_y=True)
+    with pytest.raises(ValueError, match=words):
+        BilevelSearchCV(estimator, space, cv=3).fit(X[:100], y[:100])
 
 
 def test_shuffling_splitter_without_seed_is_refused():

@@ -46,7 +46,7 @@ from ._evaluate import (
 from ._parse import parse_space
 from ._progress import SearchProgress
 from ._run import run
-from ._settings import run_settings
+from ._settings import check_bounds, run_settings
 
 
 class BilevelSearchCV(BaseSearchCV):
@@ -488,6 +488,7 @@ class BilevelSearchCV(BaseSearchCV):
         for item in runs:
             if item.specs:
                 estimator = clone(self.estimator).set_params(**item.combo)
+                check_bounds(estimator, item.specs)
                 settings = run_settings(self, final_estimator(estimator), item.specs)
                 tasks.append(
                     delayed(limited(run, threads))(

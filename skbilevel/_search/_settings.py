@@ -2,8 +2,12 @@
 
 import inspect
 
+from sklearn.base import clone
+
 from ..hypergrad import METHODS
 from ..problems import lookup
+from ..problems._data import final_estimator
+from ..utils._sklearn import validate_estimator_params
 from ._objective import IMPLICIT, RunSettings
 
 # Options the search passes itself: the problem's curvature and warm starts.
@@ -108,3 +112,23 @@ def run_settings(search, final, specs):
         device=search.device,
         dtype=dtype,
     )
+
+
+def check_bounds(estimator, specs):
+    """Refuse a ``Real`` whose bounds (or initial value) the estimator's own
+    parameter constraints reject, before any run, in scikit-learn's words."""
+    for key, spec in specs.items():
+        if spec.kind != "real":
+            continue
+        for value in (spec.low, spec.high, spec.init):
+            if value is None:
+                continue
+            candidate = clone(estimator).set_params(**{key: value})
+            try:
+                validate_estimator_params(final_estimator(candidate))
+            except ValueError as error:
+                raise ValueError(
+                    f"The search space's {type(spec).__name__}({spec.low:g}, "
+                    f"{spec.high:g}) for {key!r} reaches values the estimator "
+                    f"refuses: {error}"
+                ) from error
