@@ -351,7 +351,9 @@ def _diagonal(point: _Point) -> Callable[[Tensor], Tensor]:
         return partial(_solve_diagonal, inverse=inverse)
     total = weights.sum(1, keepdim=True)  # (K, 1, c)
     tiny = torch.finfo(total.dtype).tiny
-    mean = design.transposed_matmul(weights)[:, :-1] / total.clamp_min(tiny)
+    # From the single-precision design: a preconditioner needs no more.
+    single = design.float().transposed_matmul(weights.float())[:, :-1]
+    mean = single / total.clamp_min(tiny)
     # Rounding (single-precision squares) may leave a centered entry below 0.
     centered = (squares[:, :-1] - total * mean**2).clamp_min(0.0)
     diagonal = centered + point.column_penalty[:, :-1, None] + extra

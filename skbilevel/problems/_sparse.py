@@ -127,21 +127,25 @@ class SparseDesign:
 
     def float(self) -> "SparseDesign":
         """The same design in single precision, for the loose first products
-        of the conjugate gradient: the values cast (the indices shared), and
-        a stored transpose in single precision where the design has only
-        scipy's view (its products then run at torch's row-wise speed)."""
-        matrices, transposes = [], []
-        for X, XT in zip(self.matrices, self.transposes):
-            if isinstance(XT, Tensor):
-                matrices.append(_with_values(X, X.values().float()))
-                transposes.append(_with_values(XT, XT.values().float()))
-            else:
-                single = _single(XT.T, square=False)
-                matrices.append(to_sparse_tensor(single, dtype="float32"))
-                transposes.append(to_sparse_tensor(single.T.tocsr(), dtype="float32"))
-        return SparseDesign(
-            matrices, transposes, self.n_samples, self.n_features, self.intercept
-        )
+        of the conjugate gradient and the preconditioner: the values cast
+        (the indices shared), and a stored transpose in single precision
+        where the design has only scipy's view (its products then run at
+        torch's row-wise speed). Made once, shared with the intercept's view."""
+        single = self._derived.get("single")
+        if single is None:
+            matrices, transposes = [], []
+            for X, XT in zip(self.matrices, self.transposes):
+                if isinstance(XT, Tensor):
+                    matrices.append(_with_values(X, X.values().float()))
+                    transposes.append(_with_values(XT, XT.values().float()))
+                else:
+                    values = XT.T.data.astype(np.float32)
+                    X = sp.csr_matrix((values, XT.T.indices, XT.T.indptr), XT.T.shape)
+                    matrices.append(to_sparse_tensor(X, dtype="float32"))
+                    transposes.append(to_sparse_tensor(X.T.tocsr(), dtype="float32"))
+            single = SparseDesign(matrices, transposes, self.n_samples, self.n_features)
+            self._derived["single"] = single
+        return single.with_intercept(self.intercept)
 
     def with_intercept(self, fit_intercept: bool) -> "SparseDesign":
         """The same features, with a column of ones when ``fit_intercept``."""
@@ -198,10 +202,13 @@ class SparseDesign:
         squares = self._derived.get("squared")
         if squares is None:
             # In single precision: a preconditioner needs no more. Stored
-            # transposes keep theirs; scipy's views make them for the call
-            # (8 MB for a few milliseconds on the benchmark's X).
-            squares = tuple(_squared(XT) for XT in self.transposes)
-            if all(isinstance(XT, Tensor) for XT in self.transposes):
+            # transposes keep theirs; scipy's views square those of the
+            # single-precision design for the call (8 MB for a few
+            # milliseconds on the benchmark's X).
+            stored = all(isinstance(XT, Tensor) for XT in self.transposes)
+            source = self.transposes if stored else self.float().transposes
+            squares = tuple(_with_values(XT, XT.values().float() ** 2) for XT in source)
+            if stored:
                 self._derived["squared"] = squares
         design = SparseDesign(
             self.matrices, squares, self.n_samples, self.n_features, False
@@ -247,22 +254,6 @@ def _with_values(X: Tensor, values: Tensor) -> Tensor:
             size=X.shape,
             check_invariants=False,
         )
-
-
-def _single(X, square: bool):
-    """A scipy CSR ``X`` with single-precision values (squared with
-    ``square``), its index arrays shared."""
-    values = X.data.astype(np.float32)
-    if square:
-        np.square(values, out=values)
-    return sp.csr_matrix((values, X.indices, X.indptr), shape=X.shape)
-
-
-def _squared(XT):
-    """A transpose with its entries squared, in single precision."""
-    if isinstance(XT, Tensor):
-        return _with_values(XT, XT.values().float() ** 2)
-    return _single(XT.T, square=True).T
 
 
 def _rows(X: Tensor) -> Tensor:
