@@ -21,8 +21,9 @@ gap of each method to the scalar GridSearchCV, per seed.
 
 ``--threads N`` limits torch and the BLAS/OpenMP pools to N threads for every
 tool (default: their own defaults). ConvergenceWarnings (a search stopped at
-``max_iter``, ARD's and the Lasso's iteration limits) are silenced: every
-method runs with its defaults.
+``max_iter``, ARD's and the Lasso's iteration limits) and scikit-learn's
+FutureWarnings about LogisticRegressionCV's coming defaults are silenced:
+every method runs with its current defaults.
 
 Usage::
 
@@ -222,6 +223,7 @@ def main():
         torch.set_num_threads(args.threads)
         threadpool_limits(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
+    warnings.simplefilter("ignore", FutureWarning)
     threads = "default" if args.threads is None else str(args.threads)
     start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
