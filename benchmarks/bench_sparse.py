@@ -39,10 +39,8 @@ Usage: python -W ignore benchmarks/bench_sparse.py [--repeats 3]
 """
 
 import argparse
-import ctypes
 import os
 import sys
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -59,7 +57,7 @@ from threadpoolctl import threadpool_limits
 from skbilevel import BilevelSearchCV, Real
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _memory import PeakMemory  # noqa: E402
+from _memory import AllocatedPeak, PeakMemory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LOW, HIGH = 1e-2, 1e3
@@ -89,53 +87,6 @@ def text_like(n_samples, n_features, nnz, seed=0):
     margin = (margin - margin.mean()) / margin.std()
     y = (margin + 0.5 * rng.randn(n_samples) > 0).astype(int)
     return X, y
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks "
-            "fordblks keepcost"
-        ).split()
-    ]
-
-
-class AllocatedPeak:
-    """Peak of the bytes allocated through malloc (in use, not retained free
-    memory) added while the block runs, sampled every 2 ms; NaN without
-    glibc's ``mallinfo2``."""
-
-    def __enter__(self):
-        libc = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
-        self._info = getattr(libc, "mallinfo2", None)
-        if self._info is not None:
-            self._info.restype = _Mallinfo2
-        self.start = self.peak = self._allocated()
-        self._running = True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._running = False
-        self._thread.join()
-        self.peak = max(self.peak, self._allocated())
-
-    @property
-    def added_mb(self):
-        return (self.peak - self.start) / 2**20
-
-    def _sample(self):
-        while self._running:
-            self.peak = max(self.peak, self._allocated())
-            time.sleep(0.002)
-
-    def _allocated(self):
-        if self._info is None:
-            return np.nan
-        info = self._info()
-        return info.uordblks + info.hblkhd
 
 
 def _measured(make, X, y, repeats):
