@@ -8,23 +8,12 @@ from sklearn.model_selection import PredefinedSplit
 
 from skbilevel import BilevelSearchCV, Real, SampleWeight
 from skbilevel._search._settings import resolve_outer_optimizer
-from skbilevel.datasets import flip_labels
 
 
 @pytest.fixture(scope="module")
-def noisy():
+def noisy(noisy_split):
     """A training part with 30% of labels flipped, a clean validation part."""
-    X, y = make_classification(
-        n_samples=200,
-        n_features=5,
-        n_informative=4,
-        n_redundant=0,
-        class_sep=1.5,
-        random_state=0,
-    )
-    train = np.arange(len(y)) < 140
-    y_noisy = y.copy()
-    y_noisy[train], flipped = flip_labels(y[train], 0.3, random_state=0)
+    X, y_noisy, train, flipped = noisy_split
     return X, y_noisy, PredefinedSplit(np.where(train, -1, 0)), flipped
 
 

@@ -33,7 +33,6 @@ from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 from skbilevel import PerFeature, Real, SampleWeight
 from skbilevel._search import BilevelSearchCV
 from skbilevel._search._evaluate import LearnedSettings
-from skbilevel.datasets import flip_labels
 from skbilevel.problems import fold_data, make_problem
 
 
@@ -279,19 +278,9 @@ def test_n_jobs_and_restarts_are_reproducible(regression):
     assert one.best_params_ == two.best_params_
 
 
-def test_sample_weights_find_flipped_labels():
+def test_sample_weights_find_flipped_labels(noisy_split):
     # The setting of data hyper-cleaning: noisy training part, clean validation.
-    X, y = make_classification(
-        n_samples=200,
-        n_features=5,
-        n_informative=4,
-        n_redundant=0,
-        class_sep=1.5,
-        random_state=0,
-    )
-    train = np.arange(len(y)) < 140
-    y_noisy = y.copy()
-    y_noisy[train], flipped = flip_labels(y[train], 0.3, random_state=0)
+    X, y_noisy, train, flipped = noisy_split
     space = {"C": Real(1e-2, 1e2, init=1.0), "sample_weight": SampleWeight()}
     cv = PredefinedSplit(np.where(train, -1, 0))
     search = BilevelSearchCV(LogisticRegression(), space, cv=cv, max_iter=10)
