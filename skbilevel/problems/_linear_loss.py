@@ -80,15 +80,18 @@ class PreconditionerCache:
 
     ``products``, the table of feature products behind the Gram matrices (the
     design does not change); ``grams``, the block-Jacobi Gram matrices of the
-    last call that computed them; ``left``, the Kronecker preconditioner's left
-    factor (unless sample weights are learned), which is also the Gram matrix
-    of a squared loss's normal equations; ``ridge``, their right-hand sides
+    last call that computed them; ``left``, the per-fold Gram matrices of a
+    squared loss's normal equations, and ``mean_left``, the folds' mean Gram
+    matrix behind the Kronecker preconditioner's left factor (both unless
+    sample weights are learned); ``ridge``, the normal equations' right-hand
+    sides
     (with fixed weights); ``single``, the features in single precision.
     """
 
     products: Tensor | None = None
     grams: Tensor | None = None
     left: Tensor | None = None
+    mean_left: Tensor | None = None
     ridge: Tensor | None = None
     single: Tensor | None = None
 

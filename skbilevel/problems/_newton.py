@@ -188,8 +188,8 @@ def solve(
     with torch.no_grad():
         hparams = {name: value.detach() for name, value in hparams.items()}
         if loss.ridge_targets is not None and folds.grams:
-            # The Gram matrices are the Kronecker preconditioner's left factor;
-            # without them (a wide sparse design), Newton's conjugate gradient.
+            # The normal equations from the per-fold Gram matrices; without
+            # them (a wide sparse design), Newton's conjugate gradient.
             penalty = loss.penalty(hparams) / loss.ridge_scale
             weights = loss.weights(hparams)
             learned = "sample_weight" in hparams
