@@ -237,13 +237,10 @@ def _solve_kronecker(
 ) -> Tensor:
     dtype = stacked.dtype
     n_folds, size, n_outputs = stacked.shape
-    if left_factor.shape[0] == 1 < n_folds:
-        # One factor for every fold: one solve with the folds' columns.
-        flat = stacked.permute(1, 0, 2).reshape(1, size, n_folds * n_outputs)
-        solved = torch.cholesky_solve(flat.to(left_factor.dtype), left_factor)
-        solved = solved.reshape(size, n_folds, n_outputs).permute(1, 0, 2)
-    else:
-        solved = torch.cholesky_solve(stacked.to(left_factor.dtype), left_factor)
+    # One left factor for every fold: one solve with the folds' columns.
+    flat = stacked.permute(1, 0, 2).reshape(1, size, n_folds * n_outputs)
+    solved = torch.cholesky_solve(flat.to(left_factor.dtype), left_factor)
+    solved = solved.reshape(size, n_folds, n_outputs).permute(1, 0, 2)
     solved = torch.cholesky_solve(solved.transpose(-1, -2), right_factor)
     return solved.transpose(-1, -2).to(dtype) * scale
 
