@@ -19,7 +19,15 @@ from sklearn.preprocessing import StandardScaler
 from skbilevel import BilevelSearchCV, PerFeature, Real
 from skbilevel.hypergrad import METHODS, gradient_descent
 from skbilevel.problems import fold_data, make_problem
-from skbilevel.problems._l1 import _support_columns, l1_ratio_of
+from skbilevel.problems._base import fold_weights
+from skbilevel.problems._l1 import (
+    SparseLinear,
+    _support_columns,
+    active_set_polish,
+    fitted_attributes,
+    kkt,
+    l1_ratio_of,
+)
 
 # scikit-learn 1.8 deprecates ``penalty`` in favour of ``l1_ratio`` alone.
 NEW_SPELLING = tuple(int(p) for p in sklearn.__version__.split(".")[:2]) >= (1, 8)
@@ -127,6 +135,48 @@ def test_wide_weighted_lasso_matches_scikit_learn():
         )
         fitted = problem.fitted_attributes(params)[k]
         assert 10 < np.count_nonzero(reference.coef_) < len(train)
+        np.testing.assert_allclose(fitted["coef_"], reference.coef_, atol=1e-6)
+        assert abs(fitted["intercept_"] - reference.intercept_) < 1e-6
+
+
+def test_active_set_polish_corrects_a_wrong_support():
+    # From scikit-learn's fits at a loose tolerance, whose signs are wrong on
+    # a few features, the semismooth Newton steps reach its solutions at a
+    # tight one, which pass the KKT check.
+    X, y = make_regression(60, 400, n_informative=10, noise=5.0, random_state=0)
+    splits = list(KFold(3, shuffle=True, random_state=0).split(X))
+    _, data = fold_data(Lasso(), X, y, splits, None, "cpu", "float64")
+    alpha = torch.full((len(splits), X.shape[1]), 5.0, dtype=torch.float64)
+    model = SparseLinear(
+        data=data,
+        squared=True,
+        targets=torch.as_tensor(y[:, None]),
+        fit_intercept=True,
+        weights=lambda hparams: fold_weights(data, hparams),
+        penalties=lambda hparams: (alpha, torch.zeros_like(alpha)),
+        fit=None,
+        tol=1e-8,
+        one_dimensional=True,
+    )
+    fits = {
+        tol: [
+            Lasso(alpha=5.0, tol=tol, max_iter=100_000).fit(X[t], y[t])
+            for t, _ in splits
+        ]
+        for tol in (1e-3, 1e-12)
+    }
+    loose, references = fits[1e-3], fits[1e-12]
+    assert any(
+        (np.sign(a.coef_) != np.sign(b.coef_)).any() for a, b in zip(loose, references)
+    )
+    start = {
+        "coef": torch.as_tensor(np.stack([fit.coef_ for fit in loose])[..., None]),
+        "intercept": torch.as_tensor([[fit.intercept_] for fit in loose]),
+    }
+    params, signs = active_set_polish(model, start, {})
+    assert bool(kkt(model, params, signs, {}).all())
+    for k, reference in enumerate(references):
+        fitted = fitted_attributes(model, params)[k]
         np.testing.assert_allclose(fitted["coef_"], reference.coef_, atol=1e-6)
         assert abs(fitted["intercept_"] - reference.intercept_) < 1e-6
 
