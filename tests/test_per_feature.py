@@ -134,11 +134,11 @@ def test_per_feature_beats_the_scalar_search_with_few_relevant_features():
     ]:
         searches[name] = BilevelSearchCV(Ridge(), {"alpha": spec}, cv=5).fit(X, y)
         scores[name] = searches[name].score(X_test, y_test)
-    # Measured: 0.564 (prior), 0.529 (no prior), 0.504 (one penalty).
+    # Measured: 0.564 (prior), 0.507 (no prior), 0.504 (one penalty).
     assert scores["prior"] > scores["scalar"] + 0.04
     assert scores["prior"] > scores["free"] + 0.02
     # Most irrelevant features share one penalty (within 10% of their median,
-    # about 270; a few depart upwards); the two strongest relevant ones
+    # about 410; a few depart upwards); the two strongest relevant ones
     # (coefficients 35 and 44) depart below a tenth of it.
     alphas = searches["prior"].best_params_["alpha"]
     common = np.median(alphas[coef == 0])
@@ -160,3 +160,65 @@ def test_repr_and_equality_with_shrinkage():
     )
     assert PerFeature(1e-3, 1e3) != PerFeature(1e-3, 1e3, shrinkage=0.5)
     assert PerFeature(1e-3, 1e3, shrinkage=0.5) == PerFeature(1e-3, 1e3, shrinkage=0.5)
+
+
+@pytest.mark.parametrize("estimator", ["ridge", "logistic"])
+def test_penalty_balance_shrinks_the_median_feature_by_half(estimator):
+    # Features of different scales, so that the median is one of them.
+    rng = np.random.RandomState(0)
+    X = rng.randn(90, 5) * np.array([0.5, 1.0, 2.0, 3.0, 4.0]) + 1.0
+    splits = list(KFold(3).split(X))
+    if estimator == "ridge":
+        y = X @ rng.randn(5) + rng.randn(90)
+        final, key = Ridge(), "alpha"
+    else:
+        y = (X[:, 0] + rng.randn(90) > 1.0).astype(int)
+        final, key = LogisticRegression(), "C"
+    final, data = fold_data(final, X, y, splits, None, "cpu", "float64")
+    problem = make_problem(
+        final, data, {key: "per_feature"}, {"tol": 1e-10, "max_iter": 100}
+    )
+    balance = problem.penalty_balance(key, problem.init_params())
+    # Oracle: the centered sums of squares of the third feature (the
+    # median), per fold; the squared loss's curvature is 2, the log-loss's
+    # 1/4 at zero scores, against 2 alpha or 1 / C.
+    squares = [((X[t, 2] - X[t, 2].mean()) ** 2).sum() for t, _ in splits]
+    per_fold = squares if estimator == "ridge" else [4.0 / v for v in squares]
+    expected = np.exp(np.mean(np.log(per_fold)))
+    assert balance == pytest.approx(expected, rel=1e-10)
+    if estimator == "ridge":
+        # At that penalty, scikit-learn's Ridge on the median feature alone
+        # halves its least-squares coefficient (one fold: its own balance).
+        train = splits[0][0]
+        column = X[train, 2:3]
+        alone = Ridge(alpha=squares[0]).fit(column, y[train]).coef_[0]
+        free = Ridge(alpha=0.0).fit(column, y[train]).coef_[0]
+        assert alone == pytest.approx(free / 2, rel=1e-10)
+
+
+def test_run_descends_the_common_penalty_first_from_the_balance():
+    X, y = make_regression(n_samples=120, n_features=8, noise=20.0, random_state=0)
+    search = BilevelSearchCV(Ridge(), {"alpha": PerFeature(1e-3, 1e4)}, cv=3)
+    search.fit(X, y)
+    history = search.history_
+    final, data = fold_data(
+        Ridge(), X, y, list(KFold(3).split(X)), None, "cpu", "float64"
+    )
+    problem = make_problem(
+        final, data, {"alpha": "per_feature"}, {"tol": 1e-10, "max_iter": 100}
+    )
+    balance = problem.penalty_balance("alpha", problem.init_params())
+    np.testing.assert_allclose(history[0]["params"]["alpha"], 10**0.5, rtol=1e-12)
+    # The first steps (about a third of max_iter=30: L-BFGS-B ends its last
+    # line search) keep every penalty equal, from the bounds' midpoint: the
+    # scalar search, where the prior is zero; then the per-feature descent
+    # starts from the balance.
+    tied = [np.ptp(np.log(e["params"]["alpha"])) < 1e-12 for e in history]
+    restart = max(
+        i for i, e in enumerate(history) if np.allclose(e["params"]["alpha"], balance)
+    )
+    assert 2 <= restart < 15 and all(tied[: restart + 1]) and not tied[restart + 1]
+    # Its best point is at least as good as the scalar search's.
+    scalar = BilevelSearchCV(Ridge(), {"alpha": Real(1e-3, 1e4)}, cv=3).fit(X, y)
+    best = min(e["outer_loss"] for e in history)
+    assert best <= min(e["outer_loss"] for e in scalar.history_) * (1 + 1e-3)

@@ -59,6 +59,11 @@ class Problem(NamedTuple):
       Hessian-vector products at ``params`` and a preconditioner, for the
       implicit hypergradient's linear system (solved by the batched
       :func:`~skbilevel.hypergrad._cg.conjugate_gradient`).
+    - ``penalty_balance(name, params) -> float or None`` (optional): the
+      value of the per-feature penalty ``name`` at which the median feature's
+      coefficient is shrunk by half at ``params`` (its penalty's curvature
+      equals the training loss's): where :class:`~skbilevel.PerFeature`
+      starts.
     """
 
     init_params: Callable[[], Params]
@@ -67,6 +72,7 @@ class Problem(NamedTuple):
     solve: Callable[[Params, Params], Params]
     fitted_attributes: Callable[[Params], list]
     curvature: Callable | None = None
+    penalty_balance: Callable | None = None
 
 
 class Curvature(NamedTuple):

@@ -22,6 +22,7 @@ Each adapter describes its model by a :class:`~._linear_loss.LinearLoss`;
 :mod:`._newton`.
 """
 
+import math
 from functools import partial
 
 import numpy as np
@@ -39,11 +40,17 @@ from ._base import (
     fold_weights,
     hyperparameter,
 )
-from ._curvature import _logistic_curvature, _softmax_curvature, curvature
+from ._curvature import (
+    _logistic_curvature,
+    _score_curvature,
+    _softmax_curvature,
+    curvature,
+)
 from ._curvature import _refined_pcg as _refined_pcg
 from ._linear_loss import (
     LinearFolds,
     LinearLoss,
+    decision,
     fitted_attributes,
     init_params,
     inner_loss,
@@ -95,7 +102,40 @@ def linear_problem(data: FoldData, loss: LinearLoss) -> Problem:
         partial(solve, loss, folds),
         partial(fitted_attributes, loss),
         partial(curvature, loss, folds),
+        partial(penalty_balance, loss, folds),
     )
+
+
+def penalty_balance(loss: LinearLoss, folds: LinearFolds, name, params):
+    """The value of the per-feature penalty ``name`` that shrinks the median
+    feature's coefficient by half at ``params``: where the penalty's curvature
+    ``2 p_j`` equals the training loss's, ``sum_i b_i (x_ij - mean_b x_j)^2``
+    (centered with an intercept), ``b_i`` the weighted curvature of sample
+    ``i``'s loss in its scores. The geometric mean over the folds; None for a
+    sparse design."""
+    X = folds.X
+    if isinstance(X, SparseDesign):
+        return None
+    weights = loss.weights({})
+    scores = decision(X, params)
+    if loss.score_curvature is not None:
+        score = loss.score_curvature(scores, weights)
+    else:
+        score = _score_curvature(loss.sample_loss, scores, weights)
+    b = score.diagonal.mean(-1)  # (K, n)
+    design = X if X.dim() == 3 else X[None]
+    squares = torch.einsum("kn,knd->kd", b, design**2)
+    if loss.fit_intercept:
+        sums = torch.einsum("kn,knd->kd", b, design)
+        squares = squares - sums**2 / b.sum(1, keepdim=True)
+    ones = torch.ones(X.shape[-1], dtype=X.dtype, device=X.device)
+    # The penalty is a power of the value (alpha_j, or 1 / C_j): its
+    # exponent from two values.
+    at_one = loss.penalty({name: ones})
+    power = torch.log(loss.penalty({name: math.e * ones}) / at_one)
+    target = (0.5 * squares).clamp_min(torch.finfo(X.dtype).tiny)
+    log_values = torch.log(target / at_one) / power
+    return float(torch.exp(log_values.median(dim=1).values.mean()))
 
 
 def _tensor(array, like):
