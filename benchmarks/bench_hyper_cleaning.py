@@ -39,6 +39,13 @@ random_state=seed)`` over all training + validation examples, every one
 weighted (the validation folds then hold flipped labels too); its table adds
 the validation part's mean learned weight and the fraction of it flagged.
 
+``--split trusted`` (protocol part): the search's one fold trains on every
+example, the clean validation part included at its learned weight (which
+stays near 1), and validates on that part, ``cv=[(all examples, validation
+part)]``: the weights are learned for the model that the refit returns, as
+the refit trains on the validation part too. The default, ``held-out``, is
+the PredefinedSplit above.
+
 ``--dataset digits``: the same protocol on scikit-learn's digits (8 x 8
 images in [0, 1]) instead of MNIST, e.g. 600 / 600 / 597 of its 1,797.
 
@@ -115,6 +122,9 @@ def load(path, n_train, n_val, n_test, seed, dataset="mnist"):
         "X_test": X[n_train + n_val :],
         "y_test": y[n_train + n_val :],
         "split": PredefinedSplit(np.r_[np.full(n_train, -1), np.zeros(n_val)]),
+        # One fold that trains on every example and validates on the clean
+        # part: the model whose validation loss is descended is the refit.
+        "trusted": [(np.arange(n_train + n_val), np.arange(n_train, n_train + n_val))],
     }
 
 
@@ -239,7 +249,11 @@ def protocol_rows(data, args, seed):
         row = fit_plain(estimator, X_clean, y_clean, X_test, y_test)
         rows[name] = report(seed, name, row)
         name = f"hyper-cleaned: {training} ({method} hypergradient)"
-        row = fit_search(search(estimator, args), data, args.threshold)
+        split = None
+        if args.split == "trusted":
+            name = f"hyper-cleaned, validation part also trained on: {training}"
+            split = data["trusted"]
+        row = fit_search(search(estimator, args), data, args.threshold, split)
         rows[name] = report(seed, name, row)
     return rows
 
@@ -373,7 +387,9 @@ def plot_t(results, args, path):
 def header(args, n_seeds):
     threads = "default" if args.threads is None else str(args.threads)
     space = f"SampleWeight(init={args.init}, budget={args.budget})"
-    folds = ""
+    cv, folds = "PredefinedSplit", ""
+    if args.split == "trusted" and args.part == "protocol":
+        cv = "[(every example, the validation part)]"
     if args.part == "cv":
         folds = " and KFold(5, shuffle=True, random_state=seed) over all"
     outer = (
@@ -389,7 +405,7 @@ def header(args, n_seeds):
         f"{args.n_val} clean validation, {args.n_test} clean test. "
         f"Seeds {args.seeds} (mean ± std over {n_seeds}). "
         f"BilevelSearchCV(model, {{'sample_weight': {space}}}, "
-        f"cv=PredefinedSplit{folds}, {outer}). "
+        f"cv={cv}{folds}, {outer}). "
         f"LogisticRegression(C={args.C}) "
         f"(part T: C = 1/alpha); TorchMLPClassifier(hidden_layer_sizes=(), "
         f"solver='sgd', learning_rate=0.1, momentum=0, alpha={args.alpha}, "
@@ -406,6 +422,13 @@ def parse():
     parser.add_argument("--data", default=str(ROOT / "../shared/data/mnist.npz"))
     parser.add_argument("--part", choices=["protocol", "T", "cv"], default="protocol")
     parser.add_argument("--dataset", choices=["mnist", "digits"], default="mnist")
+    parser.add_argument(
+        "--split",
+        choices=["held-out", "trusted"],
+        default="held-out",
+        help="protocol part: the clean validation part held out of training "
+        "(PredefinedSplit) or also trained on (one fold training on every example)",
+    )
     parser.add_argument("--n-train", type=int, default=5000)
     parser.add_argument("--n-val", type=int, default=5000)
     parser.add_argument("--n-test", type=int, default=10000)
