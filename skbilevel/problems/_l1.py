@@ -452,17 +452,20 @@ def active_set_polish(model: SparseLinear, params: Params, hparams: Params):
     largest = model.data.train.sum(1) - float(model.fit_intercept)
     largest = torch.where(l2.amax(1) > 0, torch.inf, largest)[:, None]
     frozen = (mask.sum(1) > largest).any(1)
-    for step in range(ACTIVE_SET_STEPS):
+    # The smooth part's gradient at zero: each restricted solution is one
+    # solve from there (its Hessian is constant), one gradient a step.
+    at_zero, _ = _gradient(
+        model, {k: torch.zeros_like(v) for k, v in params.items()}, hparams
+    )
+    solved = None
+    for _ in range(ACTIVE_SET_STEPS):
         inverse = _support_inverse(model, mask, second, l2)
         if inverse is None:
-            return None if step == 0 else (params, signs)
-        params = {**params, "coef": params["coef"] * mask}
+            break
+        linear = {**at_zero, "coef": mask * (at_zero["coef"] + l1[..., None] * signs)}
+        params = {name: -value for name, value in inverse(linear).items()}
         grad, _ = _gradient(model, params, hparams)
-        smooth = grad["coef"] + l2[..., None] * params["coef"]
-        grad["coef"] = mask * (smooth + l1[..., None] * signs)
-        step = inverse(grad)
-        params = {name: params[name] - step[name] for name in params}
-        grad, _ = _gradient(model, params, hparams)
+        solved = params, mask, signs, inverse, grad
         moved = (diagonal - l2[..., None]) * params["coef"] - grad["coef"]
         now = (moved.abs() > threshold).to(mask.dtype)
         frozen = frozen | (now.sum(1) > largest).any(1)
@@ -472,7 +475,13 @@ def active_set_polish(model: SparseLinear, params: Params, hparams: Params):
         if torch.equal(now, mask) and torch.equal(now_signs, signs):
             break
         mask, signs = now, now_signs
-    return params, signs
+    if solved is None:
+        return None
+    # One Newton step from the last solve's result refines it to rounding.
+    params, mask, signs, inverse, grad = solved
+    smooth = grad["coef"] + l2[..., None] * params["coef"]
+    step = inverse({**grad, "coef": mask * (smooth + l1[..., None] * signs)})
+    return {name: params[name] - step[name] for name in params}, signs
 
 
 def _polished(model: SparseLinear, params: Params, hparams: Params):
