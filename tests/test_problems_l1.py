@@ -388,6 +388,23 @@ def test_weighted_lasso_search_refits_a_rescaled_lasso(diabetes):
     np.testing.assert_allclose(final.coef_, reference.coef_, rtol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", [Lasso(), ElasticNet(l1_ratio=0.7)])
+def test_lasso_family_refit_starts_from_the_fold_solutions(estimator):
+    # The refit is scikit-learn's own fit at the estimator's tolerance, warm
+    # started from the mean of the best setting's fold solutions: as close
+    # to the exact solution as its fit from zero, and warm_start off again.
+    X, y = make_regression(100, 300, n_informative=10, noise=5.0, random_state=0)
+    search = BilevelSearchCV(estimator, {"alpha": Real(1e-2, 10.0)}, cv=3)
+    final = search.fit(X, y).best_estimator_
+    alpha = search.best_params_["alpha"]
+    cold = clone(estimator).set_params(alpha=alpha).fit(X, y)
+    exact = clone(estimator).set_params(alpha=alpha, tol=1e-12, max_iter=10**6)
+    exact = exact.fit(X, y)
+    assert final.warm_start is False
+    error = np.abs(final.coef_ - exact.coef_).max()
+    assert error <= 2 * np.abs(cold.coef_ - exact.coef_).max()
+
+
 def _grid_and_search(estimator, grid_values, space, X, y, fold, **params):
     kwargs = {"cv": PredefinedSplit(fold), "scoring": "neg_mean_squared_error"}
     reference = type(estimator)(**estimator.get_params()).set_params(tol=1e-10)

@@ -90,8 +90,8 @@ class BilevelSearchCV(BaseSearchCV):
           :class:`~skbilevel.PerLayer`, one ``alpha`` per layer, of the torch
           MLPs (their values are arrays that the estimator takes as is);
         - under the key ``"sample_weight"``, :class:`~skbilevel.SampleWeight`
-          (an example in no training fold keeps its initial weight: a
-          warning says how many).
+          (an example in no training fold keeps weight 1, whatever the
+          spec's ``init`` and ``budget``: a warning says how many).
 
     param_grid : dict or list of dicts, default=None
         GridSearchCV's name for ``param_space``, so that drop-in code passing
@@ -219,9 +219,9 @@ class BilevelSearchCV(BaseSearchCV):
         of the implicit runs, the learned setting of the others.
     best_estimator_ : estimator
         The refitted plain scikit-learn estimator; a learned per-feature
-        penalty is a rescaling step in front of it. A LogisticRegression
-        refit starts from the mean of the best setting's fold solutions
-        (``warm_start``, off again after the fit).
+        penalty is a rescaling step in front of it. A LogisticRegression,
+        Lasso or ElasticNet refit starts from the mean of the best setting's
+        fold solutions (``warm_start``, off again after the fit).
     best_score_ : float
         Mean cross-validated score of the best setting.
     best_params_ : dict
@@ -411,7 +411,7 @@ class BilevelSearchCV(BaseSearchCV):
         fixed_weight = routed.estimator.fit.get("sample_weight")
         if fixed_weight is not None:
             fixed_weight = _validated_weights(fixed_weight, X)
-        _warn_unweighted_examples(space, splits, len(y))
+        space = _hold_unweighted_examples(space, splits, len(y))
         # Runs side by side share the cores, in workers and in this process.
         threads = task_threads(effective_n_jobs(self.n_jobs))
         with thread_limit(threads):
@@ -637,19 +637,25 @@ def _validated_weights(sample_weight, X):
     return sample_weight
 
 
-def _warn_unweighted_examples(space, splits, n_samples):
-    """Warn when learned sample weights cover examples in no training fold."""
+def _hold_unweighted_examples(space, splits, n_samples):
+    """``space`` with the examples in no training fold held at sample weight 1
+    (:meth:`~skbilevel.SampleWeight.holding`), with a warning saying how many."""
     if not any(spec.kind == "sample_weight" for spec in space.specs.values()):
-        return
+        return space
     covered = np.zeros(n_samples, dtype=bool)
     for train, _ in splits:
         covered[train] = True
     missing = int((~covered).sum())
-    if missing:
-        warnings.warn(
-            f"{missing} of {n_samples} examples are in no training fold: their "
-            "learned sample weights keep the SampleWeight's initial value. Use a "
-            "splitter whose training parts cover every example (e.g. KFold).",
-            UserWarning,
-            stacklevel=3,
-        )
+    if not missing:
+        return space
+    warnings.warn(
+        f"{missing} of {n_samples} examples are in no training fold: their "
+        "sample weights are not learned and stay 1 (the refit trains on them "
+        "unweighted). Use a splitter whose training parts cover every example "
+        "(e.g. KFold) to learn them.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return space.mapped(
+        lambda spec: spec.holding(~covered) if spec.kind == "sample_weight" else spec
+    )

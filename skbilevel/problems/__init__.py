@@ -235,6 +235,7 @@ REGISTRY = {
         feature_power=feature_penalty_power,
         implicit_only=True,
         sparse_input=True,
+        warm_refit=True,
     ),
     ElasticNet: Record(
         _argmin_learned(elastic_net),
@@ -246,6 +247,7 @@ REGISTRY = {
         feature_power=feature_penalty_power,
         implicit_only=True,
         sparse_input=True,
+        warm_refit=True,
     ),
     KernelRidge: Record(
         _argmin(kernel_ridge), {"real": ("alpha", "gamma")}, exact_fit=True
