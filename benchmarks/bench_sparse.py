@@ -28,6 +28,13 @@ scikit-learn's CV accuracy at BilevelSearchCV's best C, fitted to
 ``tol=1e-8``, beside BilevelSearchCV's own (an oracle for its fold
 solutions).
 
+With ``--fine-grid`` the script instead studies where the accuracy goes, on
+one thread, untimed: the mean CV accuracy and log-loss of scikit-learn's
+lbfgs at ``tol=1e-8`` (converged) and at its default ``tol=1e-4`` over
+``--fine-points`` log-spaced C in ``--fine-range``, and the settings one
+BilevelSearchCV run visited, with the validation log-loss it descended and
+their CV accuracy.
+
 Each thread setting of ``--threads`` is run in turn: ``1`` (one torch thread,
 threadpoolctl limits of 1 for every BLAS/OpenMP pool) and ``default`` (every
 tool's own defaults). The machine's load (``os.getloadavg``) is recorded
@@ -36,6 +43,8 @@ before and after each setting.
 Usage: python -W ignore benchmarks/bench_sparse.py [--repeats 3]
        [--baseline-repeats 1] [--threads 1 default] [--grid-solvers lbfgs
        liblinear saga] [--converged-grid] [--output FILE]
+       python -W ignore benchmarks/bench_sparse.py --fine-grid [--fine-range
+       1 30] [--fine-points 29] --output FILE
 """
 
 import argparse
@@ -50,7 +59,12 @@ import scipy.sparse as sp
 import sklearn
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.model_selection import (
+    GridSearchCV,
+    StratifiedKFold,
+    cross_val_score,
+    cross_validate,
+)
 from sklearn.preprocessing import normalize
 from threadpoolctl import threadpool_limits
 
@@ -204,6 +218,53 @@ def _table(rows, grids, notes, setting, loads):
     return "\n".join(lines)
 
 
+def _fine_grid(X, y, args):
+    """The accuracy study of ``--fine-grid``: a markdown section."""
+    lines = [
+        "### Where the accuracy goes (one thread, untimed; load average 1/5/15 "
+        f"min before: {_load()})",
+        "",
+        "| C | accuracy, tol=1e-8 | log-loss, tol=1e-8 | accuracy, tol=1e-4 "
+        "| log-loss, tol=1e-4 |",
+        "|---|---|---|---|---|",
+    ]
+    low, high = args.fine_range
+    for C in np.logspace(np.log10(low), np.log10(high), args.fine_points):
+        row = [f"{C:.4g}"]
+        for tol in (1e-8, 1e-4):
+            scores = cross_validate(
+                LogisticRegression(C=C, tol=tol, max_iter=1000),
+                X,
+                y,
+                cv=CV,
+                scoring=["accuracy", "neg_log_loss"],
+            )
+            accuracy = scores["test_accuracy"].mean()
+            row += [f"{accuracy:.5f}", f"{-scores['test_neg_log_loss'].mean():.6f}"]
+        lines.append("| " + " | ".join(row) + " |")
+        print(lines[-1], flush=True)
+    search = BilevelSearchCV(
+        LogisticRegression(), {"C": Real(LOW, HIGH, init=1.0)}, cv=CV
+    ).fit(X, y)
+    lines += [
+        "",
+        "BilevelSearchCV's visited settings, in order (validation log-loss as "
+        "descended; mean CV accuracy as scored):",
+        "",
+        "| step | C | validation log-loss | mean CV accuracy |",
+        "|---|---|---|---|",
+    ]
+    results = search.cv_results_
+    for step, (entry, params, accuracy) in enumerate(
+        zip(search.history_, results["params"], results["mean_test_score"])
+    ):
+        C, loss = entry["params"]["C"], entry["outer_loss"]
+        assert np.isclose(C, params["C"]), "cv_results_ rows out of step order"
+        lines.append(f"| {step} | {C:.4g} | {loss:.6f} | {accuracy:.5f} |")
+    lines += ["", f"Load average after: {_load()}"]
+    return "\n".join(lines)
+
+
 def _load():
     return " / ".join(f"{load:.2f}" for load in os.getloadavg())
 
@@ -220,6 +281,9 @@ def main():
         "--grid-solvers", nargs="+", default=["lbfgs", "liblinear", "saga"]
     )
     parser.add_argument("--converged-grid", action="store_true")
+    parser.add_argument("--fine-grid", action="store_true")
+    parser.add_argument("--fine-range", nargs=2, type=float, default=[1.0, 30.0])
+    parser.add_argument("--fine-points", type=int, default=29)
     parser.add_argument(
         "--output",
         default=str(ROOT / "benchmarks/results/bench_sparse/results.md"),
@@ -231,9 +295,19 @@ def main():
         "",
         f"{X.shape[0]:,} x {X.shape[1]:,} CSR, {X.nnz / X.shape[0]:.1f} "
         f"non-zeros per row; torch {torch.__version__}, scikit-learn "
-        f"{sklearn.__version__}; BilevelSearchCV median of {args.repeats} "
-        f"runs, grids and the single fit of {args.baseline_repeats}.",
+        f"{sklearn.__version__}"
+        + (
+            "."
+            if args.fine_grid
+            else f"; BilevelSearchCV median of {args.repeats} runs, grids and "
+            f"the single fit of {args.baseline_repeats}."
+        ),
     ]
+    if args.fine_grid:
+        with _threads("1"):
+            sections += ["", _fine_grid(X, y, args)]
+        _write(sections, args.output)
+        return
     default_threads = torch.get_num_threads()
     # Accuracy only, the same at any thread setting: run once, on one thread.
     args.converged = None
@@ -247,10 +321,14 @@ def main():
             rows, grids, notes = _rows(X, y, args)
         torch.set_num_threads(default_threads)
         sections += ["", _table(rows, grids, notes, setting, (before, _load()))]
+    _write(sections, args.output)
+
+
+def _write(sections, output):
     table = "\n".join(sections) + "\n"
     print(table)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(table)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(table)
 
 
 if __name__ == "__main__":
