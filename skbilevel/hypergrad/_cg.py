@@ -94,9 +94,24 @@ def conjugate_gradient(
         x = {name: torch.zeros_like(value) for name, value in b.items()}
         residual = dict(b)
     else:
-        x = dict(x0)
-        product = matvec(x)
-        residual = {name: b[name] - product[name] for name in b}
+        # The best multiple of the guess (in the energy norm, so never worse
+        # than zero), unless the guess already solves its system: a previous
+        # outer step's tangent is right in direction more than in scale
+        # (digits, LogisticRegression C: 11 to 12 products per tangent from
+        # the guess itself, 9 from zero, 10 to 11 from its best multiple).
+        product = matvec(x0)
+        curvature = _dot(x0, product, batched)
+        scale = torch.where(curvature > 0, _dot(x0, b, batched) / curvature, 0.0)
+        start = {name: b[name] - product[name] for name in b}
+        solved = torch.sqrt(_dot(start, start, batched)) <= tol * torch.sqrt(
+            _dot(b, b, batched)
+        )
+        scale = torch.where(solved, 1.0, scale)
+        x, residual = {}, {}
+        for name in b:
+            factor = per_fold(scale, x0[name]) if batched else scale
+            x[name] = factor * x0[name]
+            residual[name] = b[name] - factor * product[name]
     preconditioned = precondition(residual)
     direction = dict(preconditioned)
     rz = _dot(residual, preconditioned, batched)

@@ -85,11 +85,15 @@ class PreconditionerCache:
     matrix behind the Kronecker preconditioner's left factor (both unless
     sample weights are learned); ``ridge``, the normal equations' right-hand
     sides
-    (with fixed weights); ``single``, the features in single precision.
+    (with fixed weights); ``single``, the features in single precision;
+    ``stale``, whether the block-Jacobi Gram matrices must be recomputed at
+    the next inner solution (they were not computed at one, or a Newton step
+    with them took many products).
     """
 
     products: Tensor | None = None
     grams: Tensor | None = None
+    stale: bool = True
     left: Tensor | None = None
     mean_left: Tensor | None = None
     ridge: Tensor | None = None
