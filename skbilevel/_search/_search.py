@@ -154,7 +154,11 @@ class BilevelSearchCV(BaseSearchCV):
         Options of the method, checked against its signature (e.g.
         ``{"K": 10}`` for truncated reverse mode, ``{"max_iter": 500}`` for
         conjugate gradient); an option the method does not have is an error
-        naming the valid ones.
+        naming the valid ones. Without a ``cg_tol``, ``"implicit_forward"``
+        solves its linear systems to a relative residual of 1% of the last
+        hypergradient's norm relative to the first, between 1e-4 and 1e-2
+        (loose far from the optimum, as in HOAG [2]_); a given ``cg_tol``
+        holds at every outer step.
 
     inner_steps : int, default=100
         Maximum iterations of the inner solver (implicit methods), or the
