@@ -32,8 +32,8 @@ With ``--fine-grid`` the script instead studies where the accuracy goes, on
 one thread, untimed: the mean CV accuracy and log-loss of scikit-learn's
 lbfgs at ``tol=1e-8`` (converged) and at its default ``tol=1e-4`` over
 ``--fine-points`` log-spaced C in ``--fine-range``, and the settings one
-BilevelSearchCV run visited, with the validation log-loss it descended and
-their CV accuracy.
+BilevelSearchCV run visits, with the validation log-loss it descended and
+their CV accuracy, at its default ``inner_tol=1e-5`` and at 1e-7.
 
 Each thread setting of ``--threads`` is run in turn: ``1`` (one torch thread,
 threadpoolctl limits of 1 for every BLAS/OpenMP pool) and ``default`` (every
@@ -243,13 +243,24 @@ def _fine_grid(X, y, args):
             row += [f"{accuracy:.5f}", f"{-scores['test_neg_log_loss'].mean():.6f}"]
         lines.append("| " + " | ".join(row) + " |")
         print(lines[-1], flush=True)
+    for inner_tol in (1e-5, 1e-7):
+        lines += ["", _visited(X, y, inner_tol)]
+    lines += ["", f"Load average after: {_load()}"]
+    return "\n".join(lines)
+
+
+def _visited(X, y, inner_tol):
+    """The settings one BilevelSearchCV run visits at ``inner_tol`` (1e-5 is
+    its default), as a markdown table."""
     search = BilevelSearchCV(
-        LogisticRegression(), {"C": Real(LOW, HIGH, init=1.0)}, cv=CV
+        LogisticRegression(),
+        {"C": Real(LOW, HIGH, init=1.0)},
+        cv=CV,
+        inner_tol=inner_tol,
     ).fit(X, y)
-    lines += [
-        "",
-        "BilevelSearchCV's visited settings, in order (validation log-loss as "
-        "descended; mean CV accuracy as scored):",
+    lines = [
+        f"BilevelSearchCV(inner_tol={inner_tol:g})'s visited settings, in order "
+        "(validation log-loss as descended; mean CV accuracy as scored):",
         "",
         "| step | C | validation log-loss | mean CV accuracy |",
         "|---|---|---|---|",
@@ -261,7 +272,6 @@ def _fine_grid(X, y, args):
         C, loss = entry["params"]["C"], entry["outer_loss"]
         assert np.isclose(C, params["C"]), "cv_results_ rows out of step order"
         lines.append(f"| {step} | {C:.4g} | {loss:.6f} | {accuracy:.5f} |")
-    lines += ["", f"Load average after: {_load()}"]
     return "\n".join(lines)
 
 
