@@ -12,7 +12,12 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import load_diabetes, make_classification, make_regression
 from sklearn.linear_model import ElasticNet, Lasso, LogisticRegression
-from sklearn.model_selection import GridSearchCV, KFold, PredefinedSplit
+from sklearn.model_selection import (
+    GridSearchCV,
+    KFold,
+    PredefinedSplit,
+    cross_val_score,
+)
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -403,6 +408,27 @@ def test_lasso_family_refit_starts_from_the_fold_solutions(estimator):
     assert final.warm_start is False
     error = np.abs(final.coef_ - exact.coef_).max()
     assert error <= 2 * np.abs(cold.coef_ - exact.coef_).max()
+
+
+def test_lasso_first_outer_step_is_newtons_on_the_support():
+    # The validation loss is quadratic in alpha while the supports hold: the
+    # first outer step lands on the minimizer of that quadratic, here fitted
+    # to scikit-learn's own cross-validated MSE at alpha0 and +-1%.
+    X, y = load_diabetes(return_X_y=True)
+    cv = KFold(5)
+    search = BilevelSearchCV(Lasso(), {"alpha": Real(2e-3, 2.0)}, cv=cv).fit(X, y)
+    start, first = (entry["params"]["alpha"] for entry in search.history_[:2])
+
+    def cv_mse(alpha):
+        lasso = Lasso(alpha=alpha, tol=1e-14, max_iter=10**6)
+        scoring = "neg_mean_squared_error"
+        return -cross_val_score(lasso, X, y, cv=cv, scoring=scoring).mean()
+
+    step = 0.01 * start
+    below, at, above = (cv_mse(start + t * step) for t in (-1, 0, 1))
+    slope = (above - below) / (2 * step)
+    curvature = (above + below - 2 * at) / step**2
+    assert first == pytest.approx(start - slope / curvature, rel=1e-6)
 
 
 def _grid_and_search(estimator, grid_values, space, X, y, fold, **params):

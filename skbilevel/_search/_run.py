@@ -164,6 +164,51 @@ def _lbfgs_stage(objective, u0, settings, report, tied=()):
         pass
 
 
+def _first_step_length(objective, u0, tied):
+    """How far L-BFGS-B's first step moves ``u``, from the first evaluation:
+    1 (a factor e of a log-scale hyperparameter), or, where the problem
+    allows it (:attr:`~skbilevel.problems.Problem.newton_first_step`) for one
+    scalar, the move to the minimizer of the validation loss's Gauss-Newton
+    model along the solution's tangent, in the hyperparameter's own scale,
+    where that is shorter.
+
+    On diabetes (Lasso alpha, cv=5) the model's minimizer from the start,
+    alpha 0.0679, is 0.0379 (the optimum 0.0362); from the unit step, 0.025,
+    the run took 5 outer steps.
+    """
+    name = next(iter(u0))
+    spec = objective.specs[name]
+    u, result = objective.previous
+    if (
+        tied
+        or len(u0) != 1
+        or spec.kind != "real"
+        or u[name].numel() != 1
+        or not objective.problem.newton_first_step
+        or result.tangent is None
+    ):
+        return 1.0
+    column = result.tangent[name][0]
+    with torch.no_grad():
+        # The squared validation loss is quadratic along the tangent.
+        losses = [
+            float(
+                objective.outer_loss(
+                    {k: p + t * column[k] for k, p in result.params.items()}, u
+                )
+            )
+            for t in (-1.0, 0.0, 1.0)
+        ]
+    curvature = losses[0] + losses[2] - 2.0 * losses[1]
+    current = float(spec.transform(u[name]))
+    slope = current if spec.log else 1.0
+    target = current - float(result.grad[name]) * slope / max(curvature, 1e-300)
+    if curvature <= 0 or (spec.log and target <= 0):
+        return 1.0
+    moved = (np.log(target) if spec.log else target) - float(u[name])
+    return min(1.0, abs(float(moved)))
+
+
 def _scaled_objective(objective, u0, settings, report, tied, first):
     """``fun(x) -> (loss, gradient)`` of the variables of a stage whose first
     evaluation is ``objective.history[first]``, scaled by its first gradient."""
@@ -195,12 +240,17 @@ def _scaled_objective(objective, u0, settings, report, tied, first):
         )
         if state["scale"] is None:
             # Scaled so that the first hypergradient's largest entry is 1: the
-            # first step then moves u by up to 1 (a factor e of a log-scale
+            # first step (L-BFGS-B's first direction, unit step length on a
+            # box) then moves u by up to 1 (a factor e of a log-scale
             # hyperparameter) whatever the scale of the validation loss. A
             # start where the hypergradient vanishes (a flat region) is left
             # unscaled: L-BFGS-B stops there, and a tiny scale would overflow.
             largest = float(np.abs(grad).max())
-            state["scale"] = largest if largest > np.sqrt(np.finfo(float).tiny) else 1.0
+            if largest > np.sqrt(np.finfo(float).tiny):
+                # Or the first step's length (_first_step_length).
+                state["scale"] = largest / _first_step_length(objective, u0, tied)
+            else:
+                state["scale"] = 1.0
         state["grad"] = grad / state["scale"]
         return float(result.outer_loss) / state["scale"], state["grad"]
 

@@ -64,6 +64,12 @@ class Problem(NamedTuple):
       coefficient is shrunk by half at ``params`` (its penalty's curvature
       equals the training loss's): where :class:`~skbilevel.PerFeature`
       starts.
+    - ``newton_first_step`` (default False): whether the outer L-BFGS-B of
+      one scalar hyperparameter may shorten its first step to the minimizer
+      of the validation loss's Gauss-Newton model along the solution's
+      tangent, in the hyperparameter's own scale: the exact minimizer for
+      the Lasso while its support holds (its solution is affine in alpha
+      there, the squared validation loss quadratic).
     """
 
     init_params: Callable[[], Params]
@@ -73,6 +79,7 @@ class Problem(NamedTuple):
     fitted_attributes: Callable[[Params], list]
     curvature: Callable | None = None
     penalty_balance: Callable | None = None
+    newton_first_step: bool = False
 
 
 class Curvature(NamedTuple):

@@ -630,6 +630,7 @@ def _problem(model: SparseLinear) -> Problem:
         bind(solve),
         bind(fitted_attributes),
         bind(curvature),
+        newton_first_step=model.squared,
     )
 
 
