@@ -567,6 +567,22 @@ class SampleWeight:
         budget = self.budget * u.numel() if self.budget <= 1 else self.budget
         return _project_capped_simplex(u, budget)
 
+    def holding(self, fixed):
+        """This spec with the examples under the boolean mask ``fixed`` held
+        at weight 1, outside the box and the budget.
+
+        The search holds the examples in no training fold so: no inner
+        problem weighs them, and the refit trains on them unweighted, not at
+        ``init`` nor at a share of the budget.
+
+        Examples
+        --------
+        >>> from skbilevel import SampleWeight
+        >>> SampleWeight(init=0.5).holding([False, True]).initial((2,))
+        tensor([0.5000, 1.0000], dtype=torch.float64)
+        """
+        return _HeldSampleWeight(self.init, self.budget, fixed)
+
     def __repr__(self):
         budget = "" if self.budget is None else f", budget={self.budget!r}"
         return f"SampleWeight(init={self.init!r}{budget})"
@@ -576,6 +592,32 @@ class SampleWeight:
 
     def __hash__(self):
         return hash(("SampleWeight", self.init, self.budget))
+
+
+class _HeldSampleWeight(SampleWeight):
+    """A :class:`SampleWeight` whose examples under ``fixed`` keep weight 1
+    (:meth:`SampleWeight.holding`); a budget fraction counts the others."""
+
+    def __init__(self, init, budget, fixed):
+        super().__init__(init, budget)
+        self.fixed = np.asarray(fixed, dtype=bool)
+
+    def project(self, u):
+        """Weight 1 under ``fixed``; the others projected as by SampleWeight."""
+        free = ~torch.as_tensor(self.fixed, device=u.device)
+        weights = torch.ones_like(u)
+        weights[free] = super().project(u[free])
+        return weights
+
+    def __eq__(self, other):
+        return (
+            type(self) is type(other)
+            and (self.init, self.budget) == (other.init, other.budget)
+            and np.array_equal(self.fixed, other.fixed)
+        )
+
+    def __hash__(self):
+        return hash(("SampleWeight", self.init, self.budget, self.fixed.tobytes()))
 
 
 # The spec class behind each kind, for error messages.

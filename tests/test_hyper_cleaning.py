@@ -63,3 +63,24 @@ def test_other_spaces_keep_lbfgs():
     lbfgs = BilevelSearchCV(Ridge(), space, cv=3, outer_optimizer="lbfgs").fit(X, y)
     assert default.best_params_ == lbfgs.best_params_
     assert len(default.history_) == len(lbfgs.history_)
+
+
+@pytest.mark.parametrize("kwargs", [{"init": 0.5}, {"budget": 0.5}])
+def test_examples_in_no_training_fold_keep_weight_one(noisy, kwargs):
+    # No inner problem weighs the validation part: its weights stay 1, not
+    # init nor a share of the budget, and the budget counts the others.
+    X, y, cv, _ = noisy
+    search = BilevelSearchCV(
+        LogisticRegression(), {"sample_weight": SampleWeight(**kwargs)}, cv=cv
+    )
+    with pytest.warns(UserWarning, match="60 of 200 examples are in no training"):
+        search.set_params(max_iter=3).fit(X, y)
+    weights = search.best_params_["sample_weight"]
+    np.testing.assert_array_equal(weights[140:], 1.0)
+    if "budget" in kwargs:
+        assert weights[:140].sum() <= 0.5 * 140 + 1e-6
+    assert weights[:140].min() < 1.0
+    # The refit is that weighted fit; it starts from the fold's solution, and
+    # both stop at lbfgs's tol (1e-4), hence the tolerance.
+    plain = LogisticRegression().fit(X, y, sample_weight=weights)
+    np.testing.assert_allclose(search.best_estimator_.coef_, plain.coef_, atol=1e-3)

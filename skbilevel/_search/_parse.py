@@ -111,6 +111,15 @@ class SearchSpace:
         """Every continuous entry's key and spec, over all subspaces."""
         return {key: spec for _, specs in self.subspaces for key, spec in specs.items()}
 
+    def mapped(self, change):
+        """This space with every continuous spec replaced by ``change(spec)``."""
+        return SearchSpace(
+            tuple(
+                (grid, {key: change(spec) for key, spec in specs.items()})
+                for grid, specs in self.subspaces
+            )
+        )
+
     def grid(self):
         """The ParameterGrid of a space of discrete entries only."""
         return ParameterGrid([grid for grid, _ in self.subspaces])
