@@ -2,7 +2,9 @@
 
 Issue 13, deliverable 5: one L2 penalty per feature, learned by
 ``BilevelSearchCV`` with ``PerFeature``'s defaults (its prior on the
-log-penalties, ``shrinkage=1``), against the same search without the prior
+log-penalties, ``shrinkage=2``; every penalty starting where it shrinks the
+median feature by half, after a descent of their common value), against the
+same search without the prior
 (``shrinkage=0``: the cross-validation loss alone), the scalar searches
 (GridSearchCV over 30 log-spaced penalties, ``BilevelSearchCV`` with a
 ``Real``), ``ARDRegression``, ``LassoCV`` and, for classification,

@@ -16,8 +16,8 @@ with one penalty per feature penalizes the noise features far more than the
 diabetes ones, but its 30 penalties also fit the noise of the validation
 folds: a higher cross-validation score, no better held-out score.
 PerFeature's default prior (``shrinkage=2``) lets a penalty depart from the
-common value only where the validation loss pays for it; on this little data
-it keeps them near the scalar optimum.
+common value only where the validation loss pays for it: it keeps most of
+them together and lets the strongest diabetes features depart below.
 """
 
 import matplotlib.pyplot as plt
@@ -44,8 +44,10 @@ scalar = BilevelSearchCV(Ridge(), {"alpha": Real(1e-3, 1e4)}, cv=5)
 scalar.fit(X_train, y_train)
 start = scalar.best_params_["alpha"]
 searches = {"one alpha": scalar}
+# Each search starts every penalty where it shrinks the median feature by
+# half, after a descent of their common value (the scalar search).
 for name, shrinkage in [("per feature, no prior", 0.0), ("per feature", 2.0)]:
-    spec = PerFeature(1e-3, 1e4, init=start, shrinkage=shrinkage)
+    spec = PerFeature(1e-3, 1e4, shrinkage=shrinkage)
     searches[name] = BilevelSearchCV(Ridge(), {"alpha": spec}, cv=5)
     searches[name].fit(X_train, y_train)
 print(f"scalar alpha: {start:.3g}")
@@ -69,10 +71,13 @@ for name, search in searches.items():
 # measurements, which correlate with the others) are shrunk away instead. The
 # 30 penalties partly fit the noise of the validation folds, which is why the
 # cross-validation score rises while the test score does not. With the prior
-# (bottom), the penalties stay within a factor of about three of the scalar
-# optimum: with 265 examples no departure pays for itself, and the search
-# ends near the scalar answer. On larger or sparser problems the prior lets
-# the relevant features depart (:ref:`benchmark-per-feature`).
+# (bottom), the noise features and most diabetes features share one penalty,
+# about five times the scalar optimum, and only the three strongest diabetes
+# features (body mass index, blood pressure and the fifth serum measurement,
+# features 2, 3 and 8) depart below it: the cross-validation score of the
+# scalar search (0.516 against 0.515) and a better test score (0.407 against
+# 0.379). On larger or sparser problems more features depart
+# (:ref:`benchmark-per-feature`).
 fig, axes = plt.subplots(2, 1, figsize=(10, 7), layout="constrained")
 for ax, name in zip(axes, ["per feature, no prior", "per feature"]):
     PerFeaturePenaltyDisplay.from_estimator(
