@@ -199,7 +199,11 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             if spec.kind == "sample_weight" and sample_index is not None:
                 value = np.asarray(value)[sample_index]
             estimator, fit_params = spec.express(key, value, estimator, fit_params)
-        return clone(estimator), fit_params
+        # A spec's express clones the estimator it changes (sample weights
+        # change only the fit parameters): one clone per assembled fit.
+        if estimator is self.estimator:
+            estimator = clone(estimator)
+        return estimator, fit_params
 
     def _from_solution(self, X, y, found):
         """The fitted estimator assembled from a fold's inner solution."""

@@ -184,8 +184,9 @@ def _first_step_length(objective, u0, tied):
         or len(u0) != 1
         or spec.kind != "real"
         or u[name].numel() != 1
-        or not objective.problem.newton_first_step
         or result.tangent is None
+        # (an unrolled problem, which has no tangent, has no such field)
+        or not objective.problem.newton_first_step
     ):
         return 1.0
     column = result.tangent[name][0]
