@@ -70,7 +70,9 @@ def _score_curvature(sample_loss, scores: Tensor, weights: Tensor) -> ScoreCurva
 def _softmax_curvature(scores: Tensor, weights: Tensor) -> ScoreCurvature:
     """:func:`_score_curvature` of the multinomial log-loss, in closed form:
     ``B_i = w_i (diag(p_i) - p_i p_i^T)``."""
-    probabilities = torch.softmax(scores, dim=-1)
+    # torch.softmax over a last dimension of a few classes took 2.2 ms on
+    # digits' (5, 1797, 10) scores, this 1.5 ms.
+    probabilities = torch.exp(scores - torch.logsumexp(scores, -1, keepdim=True))
     weighted = weights[..., None] * probabilities
 
     def product(U):
@@ -130,9 +132,10 @@ def _weighted_grams(
     rows, columns = torch.triu_indices(size, size, device=design.device)
     if cache.products is None:
         reduced = design.to(precision)
-        # index_select, not advanced indexing: 18 ms against 81 ms on digits.
-        cache.products = reduced.index_select(-1, rows) * reduced.index_select(
-            -1, columns
+        # Row j's products x_j x_k, k >= j, side by side (the order of
+        # triu_indices): 10 ms on digits, advanced indexing 70 ms.
+        cache.products = torch.cat(
+            [reduced[..., j : j + 1] * reduced[..., j:] for j in range(size)], dim=-1
         )
     products = cache.products
     if design.dim() == 2:
