@@ -70,7 +70,7 @@ search = BilevelSearchCV(
 )
 with warnings.catch_warnings():
     # The validation examples are in no training fold, by design: the search
-    # warns that they keep their initial weight 1 in the refit.
+    # warns that they keep weight 1 in the refit.
     warnings.filterwarnings("ignore", message=".* in no training fold")
     search.fit(X_fit, y_fit)
 search_time = time.perf_counter() - start
