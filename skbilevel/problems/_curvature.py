@@ -76,7 +76,12 @@ def _softmax_curvature(scores: Tensor, weights: Tensor) -> ScoreCurvature:
     weighted = weights[..., None] * probabilities
 
     def product(U):
-        return weighted * (U - (probabilities * U).sum(-1, keepdim=True))
+        # One (K, n, c) result, not three temporaries: in a fresh process
+        # each is a fresh mapping of pages for the allocator (digits' are
+        # 0.7 MB).
+        out = probabilities * U
+        torch.sub(U, out.sum(-1, keepdim=True), out=out)
+        return out.mul_(weighted)
 
     total = torch.diag_embed(weighted.sum(1)) - weighted.transpose(1, 2) @ probabilities
     return ScoreCurvature(product, total, weighted * (1.0 - probabilities))
@@ -167,7 +172,8 @@ def _hessian_vector(v: Params, point: _Point, features: Tensor) -> Params:
     precision) and the rest in X's precision (the products cast)."""
     scores = matmul(features, v["coef"])
     if "intercept" in v:
-        scores = scores + v["intercept"][:, None, :]
+        # In place on the fresh product (see the softmax curvature's product).
+        scores.add_(v["intercept"][:, None, :])
     response = point.score.product(scores)
     # In place on the fresh product: each (K, D, c) temporary costs a pass
     # over memory (with the casts folded into the products' layout copies,
