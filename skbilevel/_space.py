@@ -101,6 +101,9 @@ class _Bounded:
     """A value in [low, high], log-scaled or not, of a shape fixed at fit time."""
 
     kind = "real"
+    # Whether the search's objective multiplies the validation loss by
+    # 1 + prior(u) (PerFeature's count of departing penalties).
+    has_prior = False
 
     def __init__(self, low, high, init=None, log=True):
         _check_bounds(low, high, log)
@@ -271,6 +274,7 @@ class PerFeature(_Bounded):
     """
 
     kind = "per_feature"
+    has_prior = True
     # A log-penalty counts half as departed at this distance from the common
     # value (a factor 1.65). On the synthetic family of
     # benchmarks/bench_per_feature.py (seeds 0-2, an earlier form of this
@@ -513,6 +517,7 @@ class SampleWeight:
     """
 
     kind = "sample_weight"
+    has_prior = False
 
     def __init__(self, init=1.0, budget=None):
         if not isinstance(init, RealNumber) or not 0.0 <= init <= 1.0:

@@ -117,7 +117,7 @@ class Objective:
             raise NonFinite(str(error)) from error
         # A spec's prior (PerFeature's count of departing penalties) multiplies
         # the validation loss by 1 + prior(u); its slope joins the hypergradient.
-        priors = {n: s.prior for n, s in self.specs.items() if hasattr(s, "prior")}
+        priors = {n: s.prior for n, s in self.specs.items() if s.has_prior}
         if priors:
             with torch.enable_grad():
                 at = {name: u[name].clone().requires_grad_(True) for name in priors}
