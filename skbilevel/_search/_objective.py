@@ -214,14 +214,11 @@ class Objective:
         products instead of 70, at the same outer steps.
         """
         loosest = self.settings.loose_cg_tol
-        if not self.grads:
+        if not self.history:
             return loosest
-        first, last = (
-            float(torch.sqrt(sum((g**2).sum() for g in grad.values())))
-            for grad in (self.grads[0], self.grads[-1])
-        )
-        ratio = last / first if first > 0 else 0.0
-        return min(max(1e-2 * ratio, tightest), max(loosest, tightest))
+        first = self.history[0]["hypergradient_norm"]
+        ratio = self.history[-1]["hypergradient_norm"] / first if first > 0 else 0.0
+        return min(max(1e-2 * ratio, tightest), loosest)
 
     def _argmin(self, u):
         """At the inner optimum (implicit) or through steps from a warm start."""

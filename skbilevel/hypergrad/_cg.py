@@ -90,6 +90,7 @@ def conjugate_gradient(
         def precondition(r):
             return r
 
+    threshold = tol * torch.sqrt(_dot(b, b, batched))
     if x0 is None:
         x = {name: torch.zeros_like(value) for name, value in b.items()}
         residual = dict(b)
@@ -103,9 +104,7 @@ def conjugate_gradient(
         curvature = _dot(x0, product, batched)
         scale = torch.where(curvature > 0, _dot(x0, b, batched) / curvature, 0.0)
         start = {name: b[name] - product[name] for name in b}
-        solved = torch.sqrt(_dot(start, start, batched)) <= tol * torch.sqrt(
-            _dot(b, b, batched)
-        )
+        solved = torch.sqrt(_dot(start, start, batched)) <= threshold
         scale = torch.where(solved, 1.0, scale)
         x, residual = {}, {}
         for name in b:
@@ -115,7 +114,6 @@ def conjugate_gradient(
     preconditioned = precondition(residual)
     direction = dict(preconditioned)
     rz = _dot(residual, preconditioned, batched)
-    threshold = tol * torch.sqrt(_dot(b, b, batched))
     iterations = 0
     for iterations in range(max_iter + 1):
         active = torch.sqrt(_dot(residual, residual, batched)) > threshold

@@ -200,8 +200,8 @@ def _block_jacobi(
 
     Block ``a`` is ``(sum_i (B_i)_aa x_i x_i^T + 2 diag(penalty)) / n_k``:
     exact when the outputs are independent (one-vs-rest, binary). Its Gram
-    matrices cost ``c n d^2`` per fold, as many operations as about 16
-    Hessian products on digits: every call reuses those of the last call that
+    matrices cost ``c n d^2`` per fold, as much time as about 9 Hessian
+    products on digits: every call reuses those of the last call that
     computed them (a preconditioner from a nearby point still serves) unless
     ``refresh`` (a damped call: a Newton step), or, for an undamped call (at
     an inner solution, for the hypergradient's tight solves), unless they are

@@ -84,8 +84,7 @@ class PreconditionerCache:
     squared loss's normal equations, and ``mean_left``, the folds' mean Gram
     matrix behind the Kronecker preconditioner's left factor (both unless
     sample weights are learned); ``ridge``, the normal equations' right-hand
-    sides
-    (with fixed weights); ``single``, the features in single precision;
+    sides (with fixed weights); ``single``, the features in single precision;
     ``stale``, whether the block-Jacobi Gram matrices must be recomputed at
     the next inner solution (they were not computed at one, or a Newton step
     with them took many products).
