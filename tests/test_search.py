@@ -26,7 +26,7 @@ from sklearn.model_selection import (
     cross_val_score,
 )
 from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
@@ -495,6 +495,59 @@ def test_rows_scored_from_fold_solutions_match_scikit_learn_fits(
                 expected = get_scorer(name)(fitted, X[test], y[test])
                 got = results[f"split{k}_test_{name}"][row]
                 assert got == pytest.approx(expected, rel=1e-6, abs=1e-8), (row, k)
+
+
+@pytest.mark.parametrize("with_names", [False, True])
+def test_assembled_pipeline_estimators_carry_what_fit_sets(with_names):
+    """A row's fold estimators, assembled from the run's solutions behind a
+    Pipeline's fitted earlier steps, carry what scikit-learn's own fit of the
+    fold sets on the final step: the number of features the prefix gives
+    (here a width-changing one), their names where it outputs a DataFrame,
+    the classes; in every row of each fold, whichever discrete value the row
+    has."""
+    X, y = make_classification(
+        n_samples=90, n_features=3, n_informative=3, n_redundant=0, random_state=0
+    )
+    X = pd.DataFrame(X, columns=["a", "b", "c"])
+    model = make_pipeline(
+        PolynomialFeatures(degree=2, include_bias=False),
+        StandardScaler(),
+        LogisticRegression(),
+    )
+    if with_names:
+        model.set_output(transform="pandas")
+    seen = []
+
+    def scorer(estimator, X_test, y_test):
+        final = estimator.estimator_[-1]
+        names = getattr(final, "feature_names_in_", None)
+        seen.append((final.n_features_in_, names, tuple(final.classes_)))
+        return estimator.score(X_test, y_test)
+
+    cv = KFold(3, shuffle=True, random_state=0)
+    search = BilevelSearchCV(
+        model,
+        {
+            "logisticregression__C": Real(1e-2, 1e2),
+            "logisticregression__fit_intercept": [True, False],
+        },
+        cv=cv,
+        scoring=scorer,
+        max_iter=3,
+    ).fit(X, y)
+    rows = len(search.cv_results_["params"])
+    assert rows >= 4 and len(seen) == 3 * rows
+    train = next(cv.split(X, y))[0]
+    final = clone(model).fit(X.iloc[train], y[train])[-1]
+    expected_names = getattr(final, "feature_names_in_", None)
+    assert (expected_names is not None) == with_names
+    for n_features, names, classes in seen:
+        assert n_features == final.n_features_in_ == 9
+        assert classes == (0, 1)
+        if with_names:
+            np.testing.assert_array_equal(names, expected_names)
+        else:
+            assert names is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
