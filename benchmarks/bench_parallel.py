@@ -1,16 +1,33 @@
 """BilevelSearchCV on joblib's backends, and what starting workers costs.
 
-Part ``search``: eight independent hypergradient runs (LogisticRegression
-``C`` learned, ``fit_intercept`` x ``class_weight`` x two restarts) on digits,
-cv=5, with ``n_jobs=1``, ``n_jobs=2`` (the runs' default backend, threads),
-loky ``n_jobs=2`` (selected with ``joblib.parallel_backend``) and Dask (a
-``LocalCluster`` of two worker processes of one thread each). Each
-configuration runs in turn, ``--repeats`` times, in this process; times are
-medians. Loky's and Dask's workers are warmed by one
-untimed search first (they have imported torch, scikit-learn and skbilevel,
-as after any earlier search); the cold rows are the first search of a fresh
+Part ``search``: eight independent hypergradient runs on digits, cv=5, a
+Pipeline of StandardScaler and LogisticRegression with ``C`` learned: with
+``--case eight`` (the default) the issue's eight discrete combinations
+(``fit_intercept`` x ``class_weight`` x the scaler's ``with_mean``), with
+``--case restarts`` four combinations (``fit_intercept`` x ``class_weight``)
+x two restarts (``n_restarts=2``; a random restart's run can take several
+times the steps of the others, and a worker ends alone on it). Each with
+``n_jobs=1``, ``n_jobs=2`` (the runs' default backend, threads), loky
+``n_jobs=2`` (selected with ``joblib.parallel_backend``) and Dask (a
+``LocalCluster`` of two worker processes of one thread each), once with
+Dask's default environment for its workers and once with its
+``MALLOC_TRIM_THRESHOLD_`` unset (``dask.config`` key
+``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` set to None:
+the variable, set at all, also fixes glibc's mmap threshold at 128 KB). Each
+configuration is measured in a fresh process of its own that holds only its
+own machinery (a LocalCluster runs its scheduler in the process that starts
+it, and its nannies leave their workers' variables in that process's
+environment), the configurations in turn, ``--repeats`` times; times are
+medians. Each process fits the search once untimed first (its workers have
+then imported torch, scikit-learn and skbilevel, as after any earlier
+search), then once timed; the cold rows are the first search of a fresh
 process (loky) or a fresh cluster (Dask, its start-up timed apart), each in
-a subprocess.
+a subprocess. The machine's own ceiling: in each repeat the ``n_jobs=1``
+search is also timed while a second process (warm, paused between these
+timings) fits the same search in a loop. Two searches then take the time of
+one contended search, so two workers, each slowed as much by the other, can
+at best take half that time's ratio to ``n_jobs=1`` alone: on this
+machine's two virtual cores, not 0.5.
 
 Part ``small``: the cases of issue 12, each the first search of a fresh
 process: a two-value search on breast_cancer (``C`` learned x
@@ -29,13 +46,14 @@ The load average (``uptime``) is read before and after each part: the
 machine is shared.
 
 Usage: python -W ignore benchmarks/bench_parallel.py [--parts search small
-       startup] [--repeats 3] [--threads one|default] [--label LABEL]
-       [--output FILE]
+       startup] [--case eight|restarts] [--repeats 3] [--threads one|default]
+       [--label LABEL] [--output FILE]
 """
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -45,7 +63,15 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("n_jobs=1", "n_jobs=2 (threads)", "loky n_jobs=2", "dask 2 workers")
+UNTRIMMED = "dask 2 workers, MALLOC_TRIM_THRESHOLD_ unset"
+CONFIGS = (
+    "n_jobs=1",
+    "n_jobs=2 (threads)",
+    "loky n_jobs=2",
+    "dask 2 workers",
+    UNTRIMMED,
+)
+CEILING = "n_jobs=1, a second process fitting the same search meanwhile"
 
 
 def _search(case, n_jobs=None):
@@ -62,11 +88,16 @@ def _search(case, n_jobs=None):
         "logisticregression__C": Real(1e-4, 1e4),
         "logisticregression__fit_intercept": [True, False],
     }
-    if case == "eight":
+    if case in ("eight", "restarts"):
         X, y = load_digits(return_X_y=True)
         space["logisticregression__class_weight"] = [None, "balanced"]
+        restarts = 1
+        if case == "eight":
+            space["standardscaler__with_mean"] = [True, False]
+        else:
+            restarts = 2
         search = BilevelSearchCV(
-            model, space, cv=5, n_restarts=2, random_state=0, n_jobs=n_jobs
+            model, space, cv=5, n_restarts=restarts, random_state=0, n_jobs=n_jobs
         )
         return search, X, y
     X, y = load_breast_cancer(return_X_y=True)
@@ -93,56 +124,90 @@ def _timed(fit):
     return time.perf_counter() - start
 
 
-def _dask_cluster():
+def _dask_cluster(trim=True):
+    """A LocalCluster of two one-thread worker processes and its client.
+
+    ``trim=False`` unsets the ``MALLOC_TRIM_THRESHOLD_`` (65536) that Dask's
+    nannies give their workers by default: set at all, it also fixes glibc's
+    mmap threshold at 128 KB, so that every larger temporary is mapped afresh.
+    The variables the nannies set in this process's environment (their
+    documented leak) are undone, so that loky's workers, started later, do
+    not inherit them.
+    """
+    import dask
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
-    )
-    return cluster, Client(cluster)
+    environ = dict(os.environ)
+    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+    with dask.config.set({key: 65536 if trim else None}):
+        cluster = LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
+        )
+    client = Client(cluster, set_as_default=False)
+    os.environ.clear()
+    os.environ.update(environ)
+    return cluster, client
 
 
-def search_part(repeats):
-    """Warm medians of every configuration on the eight-run search."""
+def warm_main(case, name, threads):
+    """One warm measurement of configuration ``name`` (or ``CEILING``), in a
+    fresh process that holds only that configuration's machinery (a Dask
+    LocalCluster runs its scheduler in the process that starts it): one
+    untimed search, then one timed, printed as JSON."""
     import joblib
 
-    cluster, client = _dask_cluster()
-    contexts = {
-        "n_jobs=1": (None, 1),
-        "n_jobs=2 (threads)": (None, 2),
-        "loky n_jobs=2": ("loky", 2),
-        "dask 2 workers": ("dask", None),
-    }
-    times = {name: [] for name in CONFIGS}
-    scores = {}
+    warnings.simplefilter("ignore")
+    backend, n_jobs, options, cluster = None, (2 if "n_jobs=2" in name else 1), {}, None
+    if name.startswith("loky"):
+        backend = "loky"
+    elif name.startswith("dask"):
+        cluster, client = _dask_cluster(trim=name != UNTRIMMED)
+        backend, n_jobs, options = "dask", None, {"client": client}
+    peer = _peer(case, threads) if name == CEILING else None
+    search, X, y = _search(case, n_jobs)
 
-    def fit(name):
-        backend, n_jobs = contexts[name]
-        search, X, y = _search("eight", n_jobs)
+    def fit():
         if backend is None:
             search.fit(X, y)
         else:
-            with joblib.parallel_backend(backend):
+            with joblib.parallel_backend(backend, **options):
                 search.fit(X, y)
-        scores[name] = (search.best_score_, len(search.cv_results_["params"]))
 
-    try:
-        fit("loky n_jobs=2")  # warms loky's workers
-        fit("dask 2 workers")  # warms Dask's workers
-        for _ in range(repeats):
-            for name in CONFIGS:
-                times[name].append(_timed(lambda name=name: fit(name)))
-    finally:
+    fit()
+    if peer is not None:
+        peer.send_signal(signal.SIGCONT)
+    seconds = _timed(fit)
+    if peer is not None:
+        peer.kill()
+    if cluster is not None:
         client.close()
         cluster.close()
-    return {name: (float(np.median(t)), scores[name]) for name, t in times.items()}
+    rows = len(search.cv_results_["params"])
+    print(json.dumps({"first": seconds, "score": search.best_score_, "rows": rows}))
 
 
-def _cold(args, threads):
+def search_part(case, repeats, threads):
+    """Warm medians of every configuration on the eight-run search ``case``,
+    each measured in its own fresh process, the configurations in turn."""
+    runs = {name: [] for name in CONFIGS + (CEILING,)}
+    for _ in range(repeats):
+        for name in runs:
+            runs[name].append(_cold([case, name], threads, warm=True))
+    return {
+        name: (
+            float(np.median([r["first"] for r in measured])),
+            (measured[0]["score"], measured[0]["rows"]),
+        )
+        for name, measured in runs.items()
+    }
+
+
+def _cold(args, threads, warm=False):
     env = dict(os.environ)
     if threads == "one":
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, "-W", "ignore", __file__, "--cold", *args]
+    command = [sys.executable, "-W", "ignore", __file__, "--threads", threads]
+    command += ["--warm" if warm else "--cold", *args]
     output = subprocess.run(
         command, env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -161,7 +226,7 @@ def cold_main(case, mode):
         cluster, client = _dask_cluster()
         up = time.perf_counter() - start
         search, X, y = _search(case)
-        with joblib.parallel_backend("dask"):
+        with joblib.parallel_backend("dask", client=client):
             first = _timed(lambda: search.fit(X, y))
         client.close()
         cluster.close()
@@ -182,6 +247,31 @@ def cold_main(case, mode):
         search, X, y = _search(case, n_jobs)
         seconds = _timed(lambda: search.fit(X, y))
     print(json.dumps({"first": seconds}))
+
+
+def peer_main(case):
+    """Fit the ``n_jobs=1`` search of ``case`` in a loop (the ceiling's busy
+    peer, paused and resumed by the caller); "ready" once warm."""
+    warnings.simplefilter("ignore")
+    search, X, y = _search(case)
+    search.fit(X, y)
+    print("ready", flush=True)
+    while True:
+        search.fit(X, y)
+
+
+def _peer(case, threads):
+    """The busy peer process, warm and paused."""
+    env = dict(os.environ)
+    if threads == "one":
+        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, "-W", "ignore", __file__, "--threads", threads]
+    peer = subprocess.Popen(
+        command + ["--peer", case], env=env, stdout=subprocess.PIPE, text=True
+    )
+    peer.stdout.readline()
+    peer.send_signal(signal.SIGSTOP)
+    return peer
 
 
 def _median_cold(args, threads, repeats):
@@ -218,24 +308,26 @@ def startup_part(repeats):
 
 def _search_rows(args):
     load = _load()
-    warm = search_part(args.repeats)
-    cold_loky = _median_cold(["eight", "loky2"], args.threads, args.repeats)
-    cold_threads = _median_cold(["eight", "2"], args.threads, args.repeats)
-    cold_one = _median_cold(["eight", "1"], args.threads, args.repeats)
-    cold_dask = _median_cold(["eight", "dask"], args.threads, args.repeats)
+    warm = search_part(args.case, args.repeats, args.threads)
+    cold_loky = _median_cold([args.case, "loky2"], args.threads, args.repeats)
+    cold_threads = _median_cold([args.case, "2"], args.threads, args.repeats)
+    cold_one = _median_cold([args.case, "1"], args.threads, args.repeats)
+    cold_dask = _median_cold([args.case, "dask"], args.threads, args.repeats)
     base = warm["n_jobs=1"][0]
+    what = {
+        "eight": "fit_intercept x class_weight x with_mean, one run each",
+        "restarts": "fit_intercept x class_weight x 2 restarts",
+    }[args.case]
     lines = [
-        "## Eight runs on digits (LogisticRegression C x fit_intercept x "
-        f"class_weight x 2 restarts, cv=5), median of {args.repeats}",
+        "## Eight runs on digits (LogisticRegression C learned; "
+        f"{what}; cv=5), median of {args.repeats}",
         "",
         "| configuration | time (s) | time / n_jobs=1 | best CV accuracy | rows |",
         "|---|---|---|---|---|",
     ]
     for name in CONFIGS:
         seconds, (score, rows) = warm[name]
-        warmth = (
-            " (warm workers)" if name in ("loky n_jobs=2", "dask 2 workers") else ""
-        )
+        warmth = " (warm workers)" if name.startswith(("loky", "dask")) else ""
         lines.append(
             f"| {name}{warmth} | {seconds:.2f} | {seconds / base:.2f} | "
             f"{score:.4f} | {rows} |"
@@ -250,6 +342,12 @@ def _search_rows(args):
         f"| dask 2 workers, first search on a fresh cluster | {cold_dask['first']:.2f} "
         f"| {cold_dask['first'] / base:.2f} | | |",
         f"| (starting that LocalCluster) | {cold_dask['cluster']:.2f} | | | |",
+        "",
+        "The machine's ceiling: with a second process fitting the same search "
+        f"meanwhile, n_jobs=1 took {warm[CEILING][0]:.2f} s, "
+        f"{warm[CEILING][0] / base:.2f}x its time alone; two workers, each "
+        "slowed as much by the other, can at best take "
+        f"{warm[CEILING][0] / (2 * base):.2f}x the time of n_jobs=1 here.",
         "",
         f"Load: {load} before, {_load()} after.",
         "",
@@ -317,8 +415,19 @@ def main():
     parser.add_argument(
         "--output", default=str(ROOT / "benchmarks/results/bench_parallel/default.md")
     )
+    parser.add_argument("--case", choices=["eight", "restarts"], default="eight")
     parser.add_argument("--cold", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--peer", help=argparse.SUPPRESS)
+    parser.add_argument("--warm", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peer:
+        _limit_threads(args.threads)
+        peer_main(args.peer)
+        return
+    if args.warm:
+        _limit_threads(args.threads)
+        warm_main(*args.warm, args.threads)
+        return
     if args.cold:
         _limit_threads(args.threads)
         cold_main(*args.cold)
