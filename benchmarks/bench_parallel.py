@@ -192,7 +192,7 @@ def search_part(case, repeats, threads):
     runs = {name: [] for name in CONFIGS + (CEILING,)}
     for _ in range(repeats):
         for name in runs:
-            runs[name].append(_cold([case, name], threads, warm=True))
+            runs[name].append(_measured("--warm", [case, name], threads))
     return {
         name: (
             float(np.median([r["first"] for r in measured])),
@@ -202,12 +202,19 @@ def search_part(case, repeats, threads):
     }
 
 
-def _cold(args, threads, warm=False):
+def _this_script(threads, *args):
+    """The command and environment that run this script in a fresh process
+    under ``threads``."""
     env = dict(os.environ)
     if threads == "one":
         env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     command = [sys.executable, "-W", "ignore", __file__, "--threads", threads]
-    command += ["--warm" if warm else "--cold", *args]
+    return command + list(args), env
+
+
+def _measured(mode, args, threads):
+    """The JSON a fresh process prints for ``--cold`` or ``--warm`` ``args``."""
+    command, env = _this_script(threads, mode, *args)
     output = subprocess.run(
         command, env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -262,20 +269,15 @@ def peer_main(case):
 
 def _peer(case, threads):
     """The busy peer process, warm and paused."""
-    env = dict(os.environ)
-    if threads == "one":
-        env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    command = [sys.executable, "-W", "ignore", __file__, "--threads", threads]
-    peer = subprocess.Popen(
-        command + ["--peer", case], env=env, stdout=subprocess.PIPE, text=True
-    )
+    command, env = _this_script(threads, "--peer", case)
+    peer = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
     peer.stdout.readline()
     peer.send_signal(signal.SIGSTOP)
     return peer
 
 
 def _median_cold(args, threads, repeats):
-    runs = [_cold(args, threads) for _ in range(repeats)]
+    runs = [_measured("--cold", args, threads) for _ in range(repeats)]
     return {key: float(np.median([r[key] for r in runs])) for key in runs[0]}
 
 

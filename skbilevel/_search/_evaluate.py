@@ -86,9 +86,14 @@ class FoldSolutions:
         a sixth of an assembled fit and score)."""
         key = id(prefix)
         if key not in self.shapes:
-            features = prefix.transform(X_train)
-            self.shapes[key] = (np.shape(features)[1], _get_feature_names(features))
+            self.shapes[key] = features_shape(prefix.transform(X_train))
         return self.shapes[key]
+
+
+def features_shape(features):
+    """The number of columns of ``features`` and their names (None for an
+    array), as scikit-learn's ``fit`` records them."""
+    return np.shape(features)[1], _get_feature_names(features)
 
 
 def fitted_estimator(estimator, attributes, n_features, names, y_train):
@@ -244,11 +249,11 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
                 np.asarray(attributes["coef_"]) / rescale.kw_args["scale"]
             )
             final = expressed.steps[-1]
-            shape = (np.shape(features)[1], _get_feature_names(features))
+            shape = features_shape(features)
         elif prefix is not None:
             shape = self.fold_solutions.features(prefix, X)
         else:
-            shape = (np.shape(X)[1], _get_feature_names(X))
+            shape = features_shape(X)
         name, estimator = final
         fitted = fitted_estimator(estimator, attributes, *shape, y)
         return Pipeline(steps + [(name, fitted)]) if steps else fitted
