@@ -2,9 +2,10 @@
 
 Issue 13, deliverable 5: one L2 penalty per feature, learned by
 ``BilevelSearchCV`` with ``PerFeature``'s defaults (its prior on the
-log-penalties, ``shrinkage=2``; every penalty starting where it shrinks the
-median feature by half, after a descent of their common value), against the
-same search without the prior
+log-penalties, ``shrinkage="auto"``: ``max(1.5, 2 d / n)``; every penalty
+starting where it shrinks the median feature by half, after a descent of
+their common value), against the same search at the former default
+``shrinkage=2`` and without the prior
 (``shrinkage=0``: the cross-validation loss alone), the scalar searches
 (GridSearchCV over 30 log-spaced penalties, ``BilevelSearchCV`` with a
 ``Real``), ``ARDRegression``, ``LassoCV`` and, for classification,
@@ -66,6 +67,7 @@ from skbilevel import BilevelSearchCV, PerFeature, Real
 ROOT = Path(__file__).resolve().parents[1]
 GRID = "GridSearchCV (30 scalar)"
 PRIOR = "BilevelSearchCV (PerFeature)"
+FORMER = "BilevelSearchCV (PerFeature, shrinkage=2)"
 FREE = "BilevelSearchCV (PerFeature, shrinkage=0)"
 ORACLE = "oracle (least squares on the relevant features)"
 
@@ -92,6 +94,7 @@ def _methods(task, scaled):
 
     methods = {
         PRIOR: bilevel(PerFeature(low, high)),
+        FORMER: bilevel(PerFeature(low, high, shrinkage=2.0)),
         FREE: bilevel(PerFeature(low, high, shrinkage=0)),
         "BilevelSearchCV (Real)": bilevel(Real(low, high)),
         GRID: lambda: GridSearchCV(model(estimator), {key: values}, cv=5),

@@ -15,7 +15,7 @@ noise, 265 training examples. Descending the cross-validation loss alone
 with one penalty per feature penalizes the noise features far more than the
 diabetes ones, but its 30 penalties also fit the noise of the validation
 folds: a higher cross-validation score, no better held-out score.
-PerFeature's default prior (``shrinkage=2``) lets a penalty depart from the
+PerFeature's default prior (``shrinkage="auto"``) lets a penalty depart from the
 common value only where the validation loss pays for it: it keeps most of
 them together and lets the strongest diabetes features depart below.
 """
@@ -46,7 +46,7 @@ start = scalar.best_params_["alpha"]
 searches = {"one alpha": scalar}
 # Each search starts every penalty where it shrinks the median feature by
 # half, after a descent of their common value (the scalar search).
-for name, shrinkage in [("per feature, no prior", 0.0), ("per feature", 2.0)]:
+for name, shrinkage in [("per feature, no prior", 0.0), ("per feature", "auto")]:
     spec = PerFeature(1e-3, 1e4, shrinkage=shrinkage)
     searches[name] = BilevelSearchCV(Ridge(), {"alpha": spec}, cv=5)
     searches[name].fit(X_train, y_train)

@@ -32,7 +32,7 @@ def _settings(method):
 
 
 def test_prior_counts_departures_from_the_common_value():
-    space = PerFeature(1e-3, 1e3)
+    space = PerFeature(1e-3, 1e3, shrinkage=2.0)
     u = torch.zeros(10, dtype=torch.float64)
     assert float(space.prior(u)) == 0.0
     # A common shift of every log-penalty is free: the scalar search's move.
@@ -52,13 +52,68 @@ def test_prior_counts_departures_from_the_common_value():
     assert float(PerFeature(1e-3, 1e3, shrinkage=0).prior(u)) == 0.0
 
 
-def test_prior_gradient_matches_finite_differences():
+@pytest.mark.parametrize(
+    "n_penalties, n_samples, expected",
+    # Akaike's 2 d / n where the penalties are many for the examples, else
+    # the floor of 1.5.
+    [(10, 5, 4.0), (200, 200, 2.0), (200, 400, 1.5), (10, 309, 1.5), (300, 400, 1.5)],
+)
+def test_auto_strength_is_akaikes_cost_with_a_floor(n_penalties, n_samples, expected):
     space = PerFeature(1e-3, 1e3)
+    assert space.shrinkage == "auto"
+    assert space.strength(n_penalties, n_samples) == pytest.approx(expected)
+    u = torch.zeros(n_penalties, dtype=torch.float64)
+    u[0] = 5.0
+    t = 5.0 / space.width
+    fraction = t**2 / (1 + t**2) / n_penalties
+    assert float(space.prior(u, n_samples=n_samples)) == pytest.approx(
+        expected * fraction
+    )
+    # A given strength ignores the number of examples.
+    fixed = PerFeature(1e-3, 1e3, shrinkage=0.7)
+    assert fixed.strength(n_penalties, n_samples) == 0.7
+    assert float(fixed.prior(u)) == pytest.approx(0.7 * fraction)
+
+
+def test_auto_strength_needs_the_number_of_examples():
+    u = torch.tensor([0.0, 0.0, 3.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="needs n_samples"):
+        PerFeature(1e-3, 1e3).prior(u)
+
+
+def test_search_sizes_the_prior_by_the_validated_examples():
+    # Two folds whose validation parts overlap: examples 0-29 are validated,
+    # 10-19 twice; the validation loss averages 30 distinct examples.
+    seen = []
+
+    class Recording(PerFeature):
+        def prior(self, u, n_samples=None):
+            seen.append(n_samples)
+            return super().prior(u, n_samples=n_samples)
+
+    X, y = make_regression(n_samples=60, n_features=8, noise=5.0, random_state=0)
+    everything = np.arange(60)
+    cv = [
+        (np.setdiff1d(everything, np.arange(0, 20)), np.arange(0, 20)),
+        (np.setdiff1d(everything, np.arange(10, 30)), np.arange(10, 30)),
+    ]
+    BilevelSearchCV(Ridge(), {"alpha": Recording(1e-3, 1e3)}, cv=cv, max_iter=3).fit(
+        X, y
+    )
+    assert seen and set(seen) == {30}
+
+
+@pytest.mark.parametrize("shrinkage", ["auto", 2.0])
+def test_prior_gradient_matches_finite_differences(shrinkage):
+    space = PerFeature(1e-3, 1e3, shrinkage=shrinkage)
     u = torch.linspace(-1.0, 1.5, 9, dtype=torch.float64) ** 3
-    assert torch.autograd.gradcheck(space.prior, (u.clone().requires_grad_(True),))
+    # With 9 penalties and 6 examples, "auto" is 2 * 9 / 6 = 3.
+    assert torch.autograd.gradcheck(
+        lambda v: space.prior(v, n_samples=6), (u.clone().requires_grad_(True),)
+    )
 
 
-@pytest.mark.parametrize("shrinkage", [2.0, 0.0])
+@pytest.mark.parametrize("shrinkage", ["auto", 2.0, 0.0])
 def test_objective_is_the_validation_loss_times_one_plus_the_prior(shrinkage):
     X, y = make_regression(n_samples=60, n_features=6, noise=5.0, random_state=0)
     splits = list(KFold(3).split(X))
@@ -72,12 +127,15 @@ def test_objective_is_the_validation_loss_times_one_plus_the_prior(shrinkage):
         _settings("implicit_cg"),
         unrolled=False,
         keeps_solutions=True,
+        # Fewer than the 60 examples, so that "auto" is 2 * 6 / 4 = 3, not
+        # its floor.
+        n_validated=4,
     )
     u = {"alpha": torch.tensor([0.0, 0.1, -0.2, 2.0, 0.05, 3.0], dtype=torch.float64)}
     result = objective(u)
     params = problem.solve(problem.init_params(), {"alpha": torch.exp(u["alpha"])})
     validation = problem.outer_loss(params, {"alpha": torch.exp(u["alpha"])})
-    expected = validation * (1 + space.prior(u["alpha"]))
+    expected = validation * (1 + space.prior(u["alpha"], n_samples=4))
     torch.testing.assert_close(result.outer_loss, expected, rtol=1e-10, atol=0)
     assert objective.history[-1]["outer_loss"] == pytest.approx(float(expected))
 
@@ -101,10 +159,11 @@ def test_hypergradient_with_the_prior_matches_finite_differences(estimator):
         _settings("implicit_cg"),
         unrolled=False,
         keeps_solutions=True,
+        n_validated=len(y),
     )
     u0 = torch.tensor([0.0, 0.1, -0.2, 2.0, 0.05, 3.0], dtype=torch.float64)
     # The prior is not flat here: some penalties depart, some do not.
-    assert float(PerFeature(1e-3, 1e3).prior(u0)) > 0.05
+    assert float(PerFeature(1e-3, 1e3).prior(u0, n_samples=len(y))) > 0.05
     grad = objective({key: u0}).grad[key]
     h = 1e-5
     for j in range(u0.numel()):
@@ -134,7 +193,8 @@ def test_per_feature_beats_the_scalar_search_with_few_relevant_features():
     ]:
         searches[name] = BilevelSearchCV(Ridge(), {"alpha": spec}, cv=5).fit(X, y)
         scores[name] = searches[name].score(X_test, y_test)
-    # Measured: 0.564 (prior), 0.507 (no prior), 0.504 (one penalty).
+    # Measured: 0.562 (prior; 0.564 at shrinkage=2), 0.507 (no prior), 0.504
+    # (one penalty).
     assert scores["prior"] > scores["scalar"] + 0.04
     assert scores["prior"] > scores["free"] + 0.02
     # Most irrelevant features share one penalty (within 10% of their median,
@@ -147,17 +207,19 @@ def test_per_feature_beats_the_scalar_search_with_few_relevant_features():
     assert alphas[strongest].max() < 0.1 * common
 
 
-@pytest.mark.parametrize("shrinkage", [-1.0, np.nan, np.inf, True, "auto", None])
+@pytest.mark.parametrize("shrinkage", [-1.0, np.nan, np.inf, True, "Auto", "2", None])
 def test_shrinkage_is_validated(shrinkage):
-    with pytest.raises(ValueError, match="shrinkage must be a non-negative"):
+    with pytest.raises(ValueError, match='shrinkage must be "auto" or a non-negative'):
         PerFeature(1e-3, 1e3, shrinkage=shrinkage)
 
 
 def test_repr_and_equality_with_shrinkage():
     assert repr(PerFeature(1e-3, 1e3)) == "PerFeature(0.001, 1000.0)"
+    assert repr(PerFeature(1e-3, 1e3, shrinkage="auto")) == "PerFeature(0.001, 1000.0)"
     assert repr(PerFeature(1e-3, 1e3, shrinkage=0)) == (
         "PerFeature(0.001, 1000.0, shrinkage=0)"
     )
+    assert PerFeature(1e-3, 1e3) != PerFeature(1e-3, 1e3, shrinkage=2.0)
     assert PerFeature(1e-3, 1e3) != PerFeature(1e-3, 1e3, shrinkage=0.5)
     assert PerFeature(1e-3, 1e3, shrinkage=0.5) == PerFeature(1e-3, 1e3, shrinkage=0.5)
 

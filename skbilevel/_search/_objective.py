@@ -71,9 +71,14 @@ class Objective:
     fitted attributes; ``best`` is the index of the lowest finite loss.
     """
 
-    def __init__(self, problem, specs, settings, *, unrolled, keeps_solutions):
+    def __init__(
+        self, problem, specs, settings, *, unrolled, keeps_solutions, n_validated=None
+    ):
         self.problem = problem
         self.specs = specs
+        # The examples the validation loss averages: the strength of a prior
+        # that counts fitted hyperparameters (PerFeature's "auto").
+        self.n_validated = n_validated
         self.settings = settings
         self.unrolled = unrolled
         self.keeps_solutions = keeps_solutions and settings.method in IMPLICIT
@@ -121,7 +126,10 @@ class Objective:
         if priors:
             with torch.enable_grad():
                 at = {name: u[name].clone().requires_grad_(True) for name in priors}
-                total = sum(prior(at[name]) for name, prior in priors.items())
+                total = sum(
+                    prior(at[name], n_samples=self.n_validated)
+                    for name, prior in priors.items()
+                )
                 slopes = torch.autograd.grad(total, list(at.values()))
             factor = 1.0 + total.detach()
             grad = {name: g * factor for name, g in result.grad.items()}

@@ -449,6 +449,7 @@ def run(estimator, space, X, y, splits, sample_weight, settings, restart, seed, 
         settings,
         unrolled=record.unrolled,
         keeps_solutions=record.exact_fit,
+        n_validated=len(np.unique(np.concatenate([test for _, test in splits]))),
     )
     u0 = _starting_point(specs, data, problem, restart, seed)
     folds = data.train.shape[0] if data.X.dim() == 2 else 1
