@@ -371,7 +371,9 @@ class PerFeature(_Bounded):
 
     def __repr__(self):
         init = "" if self.init is None else f", init={self.init!r}"
-        shrinkage = "" if self.shrinkage == "auto" else f", shrinkage={self.shrinkage!r}"
+        shrinkage = ""
+        if self.shrinkage != "auto":
+            shrinkage = f", shrinkage={self.shrinkage!r}"
         return f"PerFeature({self.low!r}, {self.high!r}{init}{shrinkage})"
 
 
