@@ -431,6 +431,44 @@ def test_lasso_first_outer_step_is_newtons_on_the_support():
     assert first == pytest.approx(start - slope / curvature, rel=1e-6)
 
 
+def test_first_outer_step_goes_to_the_bound_the_loss_falls_to():
+    # ElasticNet alpha at l1_ratio=0.5 on diabetes: scikit-learn's CV MSE
+    # falls all the way from the start to the lower bound (checked on a grid
+    # of 12 alphas), and both of the first step's models put their minimizer
+    # past that bound: the first step lands on it, and the run stops there.
+    X, y = load_diabetes(return_X_y=True)
+    cv = KFold(5)
+    centered = X - X.mean(axis=0)
+    high = np.abs(centered.T @ (y - y.mean())).max() / (len(y) * 0.5)
+    low = 1e-3 * high
+    search = BilevelSearchCV(
+        ElasticNet(),
+        {"alpha": Real(low, high)},
+        cv=cv,
+        scoring="neg_mean_squared_error",
+    )
+    with pytest.warns(
+        sklearn.exceptions.ConvergenceWarning, match="lower bound of 'alpha'"
+    ):
+        search.fit(X, y)
+    alphas = [entry["params"]["alpha"] for entry in search.history_]
+    grid = np.geomspace(alphas[0], low, 12)
+    mse = [
+        -cross_val_score(
+            ElasticNet(alpha=a, tol=1e-10),
+            X,
+            y,
+            cv=cv,
+            scoring="neg_mean_squared_error",
+        ).mean()
+        for a in grid
+    ]
+    assert np.all(np.diff(mse) < 0)
+    assert len(alphas) == 2
+    assert alphas[1] == pytest.approx(low, rel=1e-9)
+    assert search.best_params_["alpha"] == pytest.approx(low, rel=1e-9)
+
+
 def _grid_and_search(estimator, grid_values, space, X, y, fold, **params):
     kwargs = {"cv": PredefinedSplit(fold), "scoring": "neg_mean_squared_error"}
     reference = type(estimator)(**estimator.get_params()).set_params(tol=1e-10)

@@ -175,6 +175,17 @@ def _first_step_length(objective, u0, tied):
     On diabetes (Lasso alpha, cv=5) the model's minimizer from the start,
     alpha 0.0679, is 0.0379 (the optimum 0.0362); from the unit step, 0.025,
     the run took 5 outer steps.
+
+    Where the model's minimizer lies at or past a bound (on a log scale, a
+    minimizer at or below 0 is past the lower one) and the Newton step in
+    ``u`` itself (the same curvature, the solution linearized in ``u``)
+    passes the same bound, both models say that the validation loss falls
+    all the way to it: the first step goes there, however far. On diabetes
+    (ElasticNet alpha at ``l1_ratio=0.5``, whose optimum is its lower bound)
+    the run takes 2 outer steps instead of 4. Where only one model passes
+    the bound, the unit step is kept: on a 200 x 5,000 Lasso the Newton step
+    in ``u`` lands at alpha 0.32 from 3.3 (the optimum 0.71), whose larger
+    supports cost twice the time of the unit step's run.
     """
     name = next(iter(u0))
     spec = objective.specs[name]
@@ -201,13 +212,24 @@ def _first_step_length(objective, u0, tied):
             for t in (-1.0, 0.0, 1.0)
         ]
     curvature = losses[0] + losses[2] - 2.0 * losses[1]
-    current = float(spec.transform(u[name]))
-    slope = current if spec.log else 1.0
-    target = current - float(result.grad[name]) * slope / max(curvature, 1e-300)
-    if curvature <= 0 or (spec.log and target <= 0):
+    if curvature <= 0:
         return 1.0
-    moved = (np.log(target) if spec.log else target) - float(u[name])
-    return min(1.0, abs(float(moved)))
+    value, current = float(u[name]), float(spec.transform(u[name]))
+    newton = -float(result.grad[name]) / curvature
+    if spec.log:
+        # The solution linearized in the hyperparameter, not in its log.
+        target = current * (1.0 + newton)
+        model = float(np.log(target)) if target > 0 else -np.inf
+    else:
+        model = value + newton
+    low, high = spec.bounds()
+    for bound, past in ((low, np.less_equal), (high, np.greater_equal)):
+        if past(model, bound) and past(value + newton, bound):
+            distance = abs(bound - value)
+            return distance if distance > 1e-12 else 1.0
+    if not np.isfinite(model):
+        return 1.0
+    return min(1.0, abs(model - value))
 
 
 def _scaled_objective(objective, u0, settings, report, tied, first):
