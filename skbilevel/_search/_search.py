@@ -216,11 +216,29 @@ class BilevelSearchCV(BaseSearchCV):
     random_state : int, RandomState instance or None, default=None
         Seeds the random restarts.
 
+    n_refine : int, default=0
+        For a classifier whose one continuous entry is a
+        :class:`~skbilevel.Real` (with any discrete ones) and whose
+        ``scoring`` is not ``"neg_log_loss"``: how many settings are scored
+        after the runs, by scikit-learn's fit on each fold as in
+        GridSearchCV (a LogisticRegression started from the fold's solution
+        at the nearest setting a run solved), to bisect the score itself.
+        The runs descend a smooth surrogate (log-loss, squared hinge) of a
+        score such as accuracy, whose best setting can lie elsewhere; each
+        round scores the midpoints (on the Real's scale) between the
+        best-scored setting and its nearest scored neighbours on either
+        side. Each setting costs one ``cross_validate`` of the estimator,
+        as a grid point does. 0 scores the visited settings only.
+        Regressors are not refined: their default scores (R^2, D^2) and the
+        squared-error scorers follow the descended loss.
+
     Attributes
     ----------
     cv_results_ : dict of numpy (masked) ndarrays
         As in GridSearchCV, one row per evaluated setting: every outer step
-        of the implicit runs, the learned setting of the others.
+        of the implicit runs, the learned setting of the others, then the
+        ``n_refine`` settings of the score's bisection, if any (those have
+        no row in ``history_``).
     best_estimator_ : estimator
         The refitted plain scikit-learn estimator; a learned per-feature
         penalty is a rescaling step in front of it. A LogisticRegression,
@@ -249,7 +267,9 @@ class BilevelSearchCV(BaseSearchCV):
         ``hypergradient_norm`` and ``time`` (seconds since the run started).
     n_iter_ : ndarray of shape (n_candidates,)
         Outer steps the run behind each row of ``cv_results_`` had taken at
-        that row (0 for settings of discrete values only).
+        that row (0 for settings of discrete values only); a setting of the
+        score's bisection (``n_refine``) counts those of the run whose
+        solutions started its fits.
     classes_ : ndarray of shape (n_classes,)
         Class labels, for classifiers.
     n_features_in_ : int
@@ -310,6 +330,7 @@ class BilevelSearchCV(BaseSearchCV):
         "device": [str, torch.device],
         "dtype": [StrOptions({"auto", "float32", "float64"})],
         "random_state": ["random_state"],
+        "n_refine": [Interval(numbers.Integral, 0, None, closed="left")],
     }
 
     def __init__(
@@ -338,6 +359,7 @@ class BilevelSearchCV(BaseSearchCV):
         device="auto",
         dtype="auto",
         random_state=None,
+        n_refine=0,
     ):
         super().__init__(
             estimator=estimator,
@@ -364,6 +386,7 @@ class BilevelSearchCV(BaseSearchCV):
         self.device = device
         self.dtype = dtype
         self.random_state = random_state
+        self.n_refine = n_refine
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -576,6 +599,7 @@ class BilevelSearchCV(BaseSearchCV):
             pre_dispatch=self.pre_dispatch,
             error_score=self.error_score,
             return_train_score=self.return_train_score,
+            refine=self._refinement(space),
         )
         fit_params = {k: v for k, v in params.items() if k != "groups"}
         callbacks = callbacks_of(self)
@@ -585,12 +609,40 @@ class BilevelSearchCV(BaseSearchCV):
             evaluation.fit(X, y, sample_index=np.arange(len(y)), **fit_params)
         self._take_results(evaluation)
 
+    def _refinement(self, space):
+        """``(key, spec, n_refine)`` for the evaluation's bisection of the
+        score (see ``n_refine``), or None where it does not apply."""
+        specs = space.specs
+        if (
+            self.n_refine == 0
+            or len(specs) != 1
+            or not is_classifier(self.estimator)
+            or callable(self.refit)
+            or self.refit is False
+            or (isinstance(self.scoring, str) and self.scoring == "neg_log_loss")
+            or (not isinstance(self.refit, str) and not _single_metric(self.scoring))
+        ):
+            return None
+        ((key, spec),) = specs.items()
+        if spec.kind != "real":
+            return None
+        return key, spec, self.n_refine
+
     def _take_results(self, evaluation):
         """The evaluation's fitted attributes, without the candidate numbers."""
         results = evaluation.cv_results_
-        results.pop("param_candidate", None)
-        for params in results["params"]:
-            params.pop("candidate", None)
+        # A row of the score's bisection counts the outer steps of the run
+        # whose solutions started it.
+        steps = self.n_iter_
+        refined = [
+            steps[row] if row is not None else steps.max(initial=0)
+            for row in (p.get("warm_from") for p in results["params"][len(steps) :])
+        ]
+        self.n_iter_ = np.concatenate([steps, np.asarray(refined, dtype=int)])
+        for name in ("candidate", "warm_from"):
+            results.pop(f"param_{name}", None)
+            for params in results["params"]:
+                params.pop(name, None)
         for name in (
             "cv_results_",
             "best_index_",
@@ -629,6 +681,12 @@ def _parallel(n_jobs):
         return Parallel(n_jobs=n_jobs, return_as="generator", prefer="threads")
     except ValueError:
         return Parallel(n_jobs=n_jobs, prefer="threads")
+
+
+def _single_metric(scoring):
+    """Whether ``scoring`` is one metric (None, a string or a callable that
+    returns a number), as far as can be told before scoring."""
+    return scoring is None or isinstance(scoring, str) or callable(scoring)
 
 
 def _validated_weights(sample_weight, X):
