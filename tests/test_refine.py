@@ -12,23 +12,28 @@ from skbilevel import BilevelSearchCV, Real
 from skbilevel._search._evaluate import refinements
 
 
-def test_refinements_bisect_on_either_side_of_the_best():
+def test_refinements_bisect_toward_the_better_neighbour():
     params = [
         {"C": 1.0, "tol": 1e-4},
         {"C": 100.0, "tol": 1e-4},
         {"C": 10.0, "tol": 1e-4},
     ]
-    extra = refinements(params, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3), budget=2)
-    assert [e["C"] for e, _ in extra] == pytest.approx([10**0.5, 10**1.5])
-    assert [rows for _, rows in extra] == [(2, 0), (2, 1)]
-    assert all(e["tol"] == 1e-4 for e, _ in extra)
-    linear = refinements(params, [0.5, 0.6, 0.7], "C", Real(0.1, 200, log=False), 2)
-    assert [e["C"] for e, _ in linear] == pytest.approx([5.5, 55.0])
-    # The budget, one side only at the end of the range, NaN scores skipped.
-    assert len(refinements(params, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3), 1)) == 1
-    extra = refinements(params, [0.5, 0.9, np.nan], "C", Real(1e-2, 1e3), 2)
-    assert [e["C"] for e, _ in extra] == pytest.approx([10.0])
-    assert refinements(params, [np.nan] * 3, "C", Real(1e-2, 1e3), 2) == []
+    log = Real(1e-2, 1e3)
+    setting, rows = refinements(params, [0.5, 0.6, 0.7], "C", log)
+    assert setting == {"C": pytest.approx(10**1.5), "tol": 1e-4}
+    assert rows == (2, 1)
+    setting, rows = refinements(params, [0.6, 0.5, 0.7], "C", log)
+    assert setting["C"] == pytest.approx(10**0.5) and rows == (2, 0)
+    linear = Real(0.1, 200, log=False)
+    setting, _ = refinements(params, [0.5, 0.6, 0.7], "C", linear)
+    assert setting["C"] == pytest.approx(55.0)
+    # Equal neighbours: the wider gap (on the Real's scale).
+    setting, _ = refinements(params, [0.6, 0.6, 0.7], "C", linear)
+    assert setting["C"] == pytest.approx(55.0)
+    # The best at an end of the scored range; NaN scores skipped.
+    setting, rows = refinements(params, [0.5, 0.9, np.nan], "C", log)
+    assert setting["C"] == pytest.approx(10.0) and rows == (1, 0)
+    assert refinements(params, [np.nan] * 3, "C", log) is None
 
 
 def test_refinements_stay_with_the_best_discrete_setting_and_stop_at_small_gaps():
@@ -37,18 +42,18 @@ def test_refinements_stay_with_the_best_discrete_setting_and_stop_at_small_gaps(
         {"C": 4.0, "penalty": "l2"},
         {"C": 2.0, "penalty": None},
     ]
-    extra = refinements(params, [0.6, 0.7, 0.9], "C", Real(1e-2, 1e3), 2)
-    assert extra == []  # the best one's setting has no other scored value
+    # The best one's setting has no other scored value.
+    assert refinements(params, [0.6, 0.7, 0.9], "C", Real(1e-2, 1e3)) is None
     # A bisection's own rows (with the evaluation's keys) are neighbours too.
     rows = [
         {"C": 1.0, "candidate": 0},
         {"C": 100.0, "candidate": 1},
         {"C": 10.0, "candidate": 2, "warm_from": 0},
     ]
-    extra = refinements(rows, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3), 2)
-    assert [e["C"] for e, _ in extra] == pytest.approx([10**0.5, 10**1.5])
+    setting, _ = refinements(rows, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3))
+    assert setting == {"C": pytest.approx(10**1.5)}
     close = [{"C": 1.0}, {"C": 1.0005}]
-    assert refinements(close, [0.7, 0.6], "C", Real(1e-2, 1e3), 2) == []
+    assert refinements(close, [0.7, 0.6], "C", Real(1e-2, 1e3)) is None
 
 
 def _breast_cancer_search(n_refine):

@@ -452,7 +452,7 @@ class Evaluation(BaseSearchCV):
     With ``refine`` (the key of the one :class:`~skbilevel.Real` learned,
     its spec and a number of settings), that many more settings are scored
     after the candidates, by scikit-learn's fit on each fold as in
-    GridSearchCV, in rounds of :func:`refinements`: a bisection of the
+    GridSearchCV, one per round of :func:`refinements`: a bisection of the
     score itself around the best candidate.
     """
 
@@ -515,24 +515,21 @@ class Evaluation(BaseSearchCV):
         results = evaluate(self.candidates)
         metric = self.refit if isinstance(self.refit, str) else "score"
         scores = f"mean_test_{metric}"
-        while budget > 0 and scores in results:
-            extra = refinements(results["params"], results[scores], key, spec, budget)
-            if not extra:
+        stored = self.estimator.fold_solutions.entries
+        for _ in range(budget):
+            if scores not in results:
                 break
-            budget -= len(extra)
-            first = len(results["params"])
-            stored = self.estimator.fold_solutions.entries
-            results = evaluate(
-                [
-                    {
-                        **setting,
-                        "candidate": first + i,
-                        # The nearest row a run solved starts each fold's fit.
-                        "warm_from": next((r for r in rows if r in stored), None),
-                    }
-                    for i, (setting, rows) in enumerate(extra)
-                ]
-            )
+            found = refinements(results["params"], results[scores], key, spec)
+            if found is None:
+                break
+            setting, rows = found
+            candidate = {
+                **setting,
+                "candidate": len(results["params"]),
+                # The nearest row a run solved starts each fold's fit.
+                "warm_from": next((r for r in rows if r in stored), None),
+            }
+            results = evaluate([candidate])
         if search_ctx is not None:
             search_ctx.call_on_fit_task_end(estimator=self)
 
@@ -551,31 +548,31 @@ class Evaluation(BaseSearchCV):
         return best
 
 
-def refinements(params, scores, key, spec, budget):
-    """The next settings of the score's bisection: midway, on ``spec``'s
-    scale, between the best-scored setting and each of its nearest scored
-    neighbours in ``key`` (the other parameters those of the best), at most
-    ``budget`` of them, each with the two rows it lies between (the best
-    first); none where a gap is already below 1e-3 on that scale (0.1% of a
-    log-scale value) or nothing scored.
+def refinements(params, scores, key, spec):
+    """The next setting of the score's bisection, with the two rows it lies
+    between (the best first), or None: midway, on ``spec``'s scale, between
+    the best-scored setting and its nearest scored neighbour in ``key`` on
+    the side of the better-scored of its two neighbours (the other
+    parameters those of the best); None where that gap is already below
+    1e-3 on that scale (0.1% of a log-scale value) or nothing is scored.
 
     The runs descend a smooth validation loss, a surrogate of a classifier's
     score (accuracy): its best setting and the score's need not agree (on
     the sparse benchmark, log-loss best near C = 11, accuracy near C = 4).
-    Every round brackets the score's best between the scored settings on
-    either side of it, as a grid refined where it scores best would.
+    For a score with one peak, the peak lies between the best setting and
+    its better neighbour; each round halves that bracket.
 
     Examples
     --------
     >>> from skbilevel import Real
     >>> params = [{"C": 1.0}, {"C": 100.0}, {"C": 10.0}]
-    >>> refinements(params, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3), budget=2)
-    [({'C': 3.16...}, (2, 0)), ({'C': 31.6...}, (2, 1))]
+    >>> refinements(params, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3))
+    ({'C': 31.6...}, (2, 1))
     """
     scores = np.asarray(scores, dtype=float)
     finite = np.flatnonzero(np.isfinite(scores))
     if finite.size == 0:
-        return []
+        return None
     best = int(finite[np.argmax(scores[finite])])
 
     def setting(row):
@@ -584,24 +581,27 @@ def refinements(params, scores, key, spec, budget):
         return {k: v for k, v in params[row].items() if k not in skip}
 
     others = setting(best)
-    same = [row for row in finite if _same_setting(setting(row), others)]
+    same = np.asarray([row for row in finite if _same_setting(setting(row), others)])
     scale = np.log if spec.log else np.asarray
-    same = np.asarray(same)
     positions = scale(np.array([float(params[row][key]) for row in same]))
     at = float(scale(float(params[best][key])))
-    extra = []
+    neighbours = []
     for side in (positions < at, positions > at):
-        if not side.any() or len(extra) == budget:
-            continue
-        nearest = np.argmin(np.where(side, np.abs(positions - at), np.inf))
-        if abs(positions[nearest] - at) < 1e-3:
-            continue
-        middle = 0.5 * (positions[nearest] + at)
-        value = float(np.exp(middle)) if spec.log else float(middle)
-        extra.append(
-            ({**others, key: float(spec.clip(value))}, (best, int(same[nearest])))
-        )
-    return extra
+        if side.any():
+            nearest = int(np.argmin(np.where(side, np.abs(positions - at), np.inf)))
+            neighbours.append(nearest)
+    if not neighbours:
+        return None
+    # The better-scored neighbour; on a tie, the wider gap.
+    nearest = max(
+        neighbours,
+        key=lambda n: (scores[same[n]], abs(positions[n] - at)),
+    )
+    if abs(positions[nearest] - at) < 1e-3:
+        return None
+    middle = 0.5 * (positions[nearest] + at)
+    value = float(np.exp(middle)) if spec.log else float(middle)
+    return {**others, key: float(spec.clip(value))}, (best, int(same[nearest]))
 
 
 def _same_setting(a, b):
