@@ -44,11 +44,11 @@ def test_refinements_stay_with_the_best_discrete_setting_and_stop_at_small_gaps(
     ]
     # The best one's setting has no other scored value.
     assert refinements(params, [0.6, 0.7, 0.9], "C", Real(1e-2, 1e3)) is None
-    # A bisection's own rows (with the evaluation's keys) are neighbours too.
+    # The evaluation's own key is not a parameter.
     rows = [
         {"C": 1.0, "candidate": 0},
         {"C": 100.0, "candidate": 1},
-        {"C": 10.0, "candidate": 2, "warm_from": 0},
+        {"C": 10.0, "candidate": 2},
     ]
     setting, _ = refinements(rows, [0.5, 0.6, 0.7], "C", Real(1e-2, 1e3))
     assert setting == {"C": pytest.approx(10**1.5)}
@@ -165,7 +165,7 @@ def test_refined_rows_in_a_multimetric_search_with_discrete_entries():
     n_visited = len(search.history_)
     assert len(rows) == n_visited + 2 == len(search.n_iter_)
     assert (search.n_iter_ > 0).all()
-    assert "param_warm_from" not in search.cv_results_
+    assert "param_candidate" not in search.cv_results_
     assert all(set(row) == {"C", "fit_intercept"} for row in rows)
     # The bisection stays with the best row's discrete setting.
     best = rows[int(np.argmax(search.cv_results_["mean_test_acc"][:n_visited]))]

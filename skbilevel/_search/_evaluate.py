@@ -71,11 +71,11 @@ class FoldSolutions:
         """The split number whose training part is ``sample_index``, or None."""
         return self.splits.get(np.asarray(sample_index, dtype=np.intp).tobytes())
 
-    def only(self, *candidates):
-        """A store of the entries and failures of rows ``candidates`` alone."""
+    def only(self, candidate):
+        """A store of row ``candidate``'s entry and failure alone."""
         part = copy.copy(self)
-        part.entries = {k: v for k, v in self.entries.items() if k in candidates}
-        part.failures = {k: v for k, v in self.failures.items() if k in candidates}
+        part.entries = {k: v for k, v in self.entries.items() if k == candidate}
+        part.failures = {k: v for k, v in self.failures.items() if k == candidate}
         return part
 
     def features(self, prefix, X_train):
@@ -154,10 +154,6 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         assembled from a fold's solution where the estimator's registry
         record allows it, else scikit-learn's ``fit`` of the same setting
         scores the row.
-    warm_from : int, default=None
-        For a row no run solved (the score's bisection): the row whose fold
-        solutions start scikit-learn's fit on each fold, where the record
-        allows warm starts (``warm_refit``).
     """
 
     __metadata_request__fit = {"sample_index": True}
@@ -172,14 +168,12 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         learned=None,
         candidate=None,
         fold_solutions=None,
-        warm_from=None,
     ):
         self.estimator = estimator
         self.specs = specs
         self.learned = learned
         self.candidate = candidate
         self.fold_solutions = fold_solutions
-        self.warm_from = warm_from
 
     def __getstate__(self):
         # A task sent to a worker process (loky, Dask, Ray) carries its own
@@ -188,7 +182,7 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
         state = dict(super().__getstate__())
         store = state.get("fold_solutions")
         if store is not None and self.candidate is not None:
-            state["fold_solutions"] = store.only(self.candidate, self.warm_from)
+            state["fold_solutions"] = store.only(self.candidate)
         return state
 
     def set_params(self, **params):
@@ -313,18 +307,17 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             self.estimator_ = self._from_solution(X, y, found)
             return self
         estimator, fit_params = self._expressed(fit_params, sample_index)
-        final = self._warm_started(estimator, record, sample_index)
+        final = self._warm_started(estimator, record)
         self.estimator_ = _fit(estimator, X, y, fit_params)
         if final is not None:
             final.set_params(warm_start=False)
         return self
 
-    def _warm_started(self, estimator, record, sample_index=None):
-        """The final step of ``estimator``, about to be fitted, started where
-        its record allows (then ``warm_start`` is on until the fit ends); None
-        where not. On all the data (the refit), from the mean of this row's
-        fold solutions; on a fold, for a row no run solved (``warm_from``),
-        from the solution of row ``warm_from`` on that fold.
+    def _warm_started(self, estimator, record):
+        """The final step of ``estimator``, about to be fitted on all the data,
+        started from the mean of this candidate's fold solutions where its
+        record allows (then ``warm_start`` is on until the fit ends); None
+        where not.
 
         scikit-learn's solver goes to the same optimum, to its tolerance,
         from a point much closer to it than its own zero start.
@@ -334,34 +327,15 @@ class LearnedSettings(MetaEstimatorMixin, BaseEstimator):
             record is None
             or not record.warm_refit
             or store is None
+            or self.candidate not in store.entries
             or any(spec.kind == "per_feature" for spec in (self.specs or {}).values())
         ):
             return None
-        split = None if sample_index is None else store.split(sample_index)
-        if split is None and self.candidate in store.entries:
-            folds = store.entries[self.candidate][0]
-            start = {
-                name: np.mean([fold[name] for fold in folds], axis=0)
-                for name in ("coef_", "intercept_")
-            }
-        elif self.candidate not in store.entries and self.warm_from in store.entries:
-            folds = store.entries[self.warm_from][0]
-            fold = folds[split] if split is not None else None
-            if fold is None:
-                fold = {
-                    name: np.mean([f[name] for f in folds], axis=0)
-                    for name in ("coef_", "intercept_")
-                }
-            start = {
-                name: np.array(fold[name], copy=True)
-                for name in ("coef_", "intercept_")
-            }
-        else:
-            return None
+        folds = store.entries[self.candidate][0]
         final = final_estimator(estimator)
         final.set_params(warm_start=True)
-        for name, value in start.items():
-            setattr(final, name, value)
+        for name in ("coef_", "intercept_"):
+            setattr(final, name, np.mean([fold[name] for fold in folds], axis=0))
         return final
 
     @property
@@ -515,7 +489,8 @@ class Evaluation(BaseSearchCV):
         results = evaluate(self.candidates)
         metric = self.refit if isinstance(self.refit, str) else "score"
         scores = f"mean_test_{metric}"
-        stored = self.estimator.fold_solutions.entries
+        # Each refined row, and the row of a run it lies next to.
+        self.refined_from_ = {}
         for _ in range(budget):
             if scores not in results:
                 break
@@ -523,13 +498,11 @@ class Evaluation(BaseSearchCV):
             if found is None:
                 break
             setting, rows = found
-            candidate = {
-                **setting,
-                "candidate": len(results["params"]),
-                # The nearest row a run solved starts each fold's fit.
-                "warm_from": next((r for r in rows if r in stored), None),
-            }
-            results = evaluate([candidate])
+            row = len(results["params"])
+            self.refined_from_[row] = next(
+                (self.refined_from_.get(r, r) for r in rows if r < row), None
+            )
+            results = evaluate([{**setting, "candidate": row}])
         if search_ctx is not None:
             search_ctx.call_on_fit_task_end(estimator=self)
 
@@ -577,7 +550,7 @@ def refinements(params, scores, key, spec):
 
     def setting(row):
         # The other parameters of a row, not the evaluation's bookkeeping.
-        skip = (key, "candidate", "warm_from")
+        skip = (key, "candidate")
         return {k: v for k, v in params[row].items() if k not in skip}
 
     others = setting(best)

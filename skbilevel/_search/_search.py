@@ -221,14 +221,14 @@ class BilevelSearchCV(BaseSearchCV):
         :class:`~skbilevel.Real` (with any discrete ones) and whose
         ``scoring`` is not ``"neg_log_loss"``: how many settings are scored
         after the runs, by scikit-learn's fit on each fold as in
-        GridSearchCV (a LogisticRegression started from the fold's solution
-        at the nearest setting a run solved), to bisect the score itself.
+        GridSearchCV (the same fits, from scikit-learn's own start), to
+        bisect the score itself.
         The runs descend a smooth surrogate (log-loss, squared hinge) of a
         score such as accuracy, whose best setting can lie elsewhere; each
-        round scores the midpoints (on the Real's scale) between the
-        best-scored setting and its nearest scored neighbours on either
-        side. Each setting costs one ``cross_validate`` of the estimator,
-        as a grid point does. 0 scores the visited settings only.
+        setting is the midpoint (on the Real's scale) between the
+        best-scored setting so far and the better-scored of its two nearest
+        scored neighbours. Each costs one ``cross_validate`` of the
+        estimator, as a grid point does. 0 scores the visited settings only.
         Regressors are not refined: their default scores (R^2, D^2) and the
         squared-error scorers follow the descended loss.
 
@@ -268,8 +268,8 @@ class BilevelSearchCV(BaseSearchCV):
     n_iter_ : ndarray of shape (n_candidates,)
         Outer steps the run behind each row of ``cv_results_`` had taken at
         that row (0 for settings of discrete values only); a setting of the
-        score's bisection (``n_refine``) counts those of the run whose
-        solutions started its fits.
+        score's bisection (``n_refine``) counts those of the run behind the
+        visited setting it was bisected from.
     classes_ : ndarray of shape (n_classes,)
         Class labels, for classifiers.
     n_features_in_ : int
@@ -632,17 +632,17 @@ class BilevelSearchCV(BaseSearchCV):
         """The evaluation's fitted attributes, without the candidate numbers."""
         results = evaluation.cv_results_
         # A row of the score's bisection counts the outer steps of the run
-        # whose solutions started it.
+        # behind the visited row it was bisected from.
         steps = self.n_iter_
+        sources = getattr(evaluation, "refined_from_", {})
         refined = [
-            steps[row] if row is not None else steps.max(initial=0)
-            for row in (p.get("warm_from") for p in results["params"][len(steps) :])
+            steps[sources[row]] if sources.get(row) is not None else steps.max()
+            for row in range(len(steps), len(results["params"]))
         ]
         self.n_iter_ = np.concatenate([steps, np.asarray(refined, dtype=int)])
-        for name in ("candidate", "warm_from"):
-            results.pop(f"param_{name}", None)
-            for params in results["params"]:
-                params.pop(name, None)
+        results.pop("param_candidate", None)
+        for params in results["params"]:
+            params.pop("candidate", None)
         for name in (
             "cv_results_",
             "best_index_",
