@@ -24,7 +24,11 @@ the best of the settings its descent visited, as GridSearchCV's is the best of
 its grid.
 
 Usage: python benchmarks/bench_search.py [--mnist PATH] [--repeats 3]
-       [--threads N] [--parts digits mnist ridge per_feature] [--output FILE]
+       [--threads N] [--parts digits mnist ridge per_feature]
+       [--n-refine K] [--output FILE]
+
+``--n-refine K`` is the LogisticRegression searches' ``n_refine`` (default
+0, BilevelSearchCV's own: the settings the runs visit only).
 
 ``--threads N`` limits torch and the BLAS/OpenMP pools of numpy and
 scikit-learn to N threads (default: their own defaults); on a shared, loaded
@@ -79,7 +83,7 @@ def _mnist(path, n_samples):
     return X, data["y_train"][index]
 
 
-def logistic_c(name, X, y, repeats, baseline_repeats):
+def logistic_c(name, X, y, repeats, baseline_repeats, n_refine=0):
     """One row per method: best mean CV accuracy and median time."""
     Cs = np.logspace(-4, 2, 20)
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
@@ -95,7 +99,11 @@ def logistic_c(name, X, y, repeats, baseline_repeats):
     )
     bilevel, bilevel_time = _timed(
         lambda: BilevelSearchCV(
-            estimator, {"C": Real(1e-4, 1e2, init=1.0)}, cv=cv, n_jobs=1
+            estimator,
+            {"C": Real(1e-4, 1e2, init=1.0)},
+            cv=cv,
+            n_jobs=1,
+            n_refine=n_refine,
         ),
         X,
         y,
@@ -121,7 +129,7 @@ def logistic_c(name, X, y, repeats, baseline_repeats):
         ),
         (
             name,
-            f"BilevelSearchCV ({n_rows} settings visited, best C="
+            f"BilevelSearchCV (n_refine={n_refine}: {n_rows} settings, best C="
             f"{bilevel.best_params_['C']:.3g})",
             bilevel.best_score_,
             bilevel_time,
@@ -246,6 +254,7 @@ def main():
         help="repeats of GridSearchCV and LogisticRegressionCV (default --repeats)",
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--n-refine", type=int, default=0)
     parser.add_argument(
         "--parts",
         nargs="+",
@@ -270,13 +279,16 @@ def main():
     rows = []
     if "digits" in args.parts:
         X_digits, y_digits = load_digits(return_X_y=True)
-        rows += logistic_c("digits", X_digits / 16.0, y_digits, args.repeats, baseline)
+        rows += logistic_c(
+            "digits", X_digits / 16.0, y_digits, args.repeats, baseline, args.n_refine
+        )
     if "mnist" in args.parts:
         rows += logistic_c(
             f"MNIST {args.n_samples}",
             *_mnist(args.mnist, args.n_samples),
             args.repeats,
             baseline,
+            args.n_refine,
         )
     if "ridge" in args.parts:
         rows += ridge_alpha(args.repeats, baseline)
