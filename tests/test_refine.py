@@ -171,3 +171,17 @@ def test_refined_rows_in_a_multimetric_search_with_discrete_entries():
     best = rows[int(np.argmax(search.cv_results_["mean_test_acc"][:n_visited]))]
     assert all(row["fit_intercept"] == best["fit_intercept"] for row in rows[-2:])
     assert np.isfinite(search.cv_results_["mean_test_ll"]).all()
+
+
+def test_refinement_with_parallel_runs_equals_the_sequential_search():
+    X, y = make_classification(n_samples=120, n_features=6, random_state=2)
+    space = {"C": Real(1e-2, 1e2), "fit_intercept": [True, False]}
+    kwargs = {"cv": 3, "max_iter": 4, "n_refine": 2}
+    one = BilevelSearchCV(LogisticRegression(), space, **kwargs).fit(X, y)
+    two = BilevelSearchCV(LogisticRegression(), space, n_jobs=2, **kwargs).fit(X, y)
+    assert len(two.cv_results_["params"]) == len(two.history_) + 2
+    np.testing.assert_array_equal(
+        one.cv_results_["mean_test_score"], two.cv_results_["mean_test_score"]
+    )
+    assert one.best_params_ == two.best_params_
+    np.testing.assert_array_equal(one.n_iter_, two.n_iter_)

@@ -268,8 +268,8 @@ class BilevelSearchCV(BaseSearchCV):
     n_iter_ : ndarray of shape (n_candidates,)
         Outer steps the run behind each row of ``cv_results_`` had taken at
         that row (0 for settings of discrete values only); a setting of the
-        score's bisection (``n_refine``) counts those of the run behind the
-        visited setting it was bisected from.
+        score's bisection (``n_refine``) takes the entry of the visited
+        setting it was bisected from.
     classes_ : ndarray of shape (n_classes,)
         Class labels, for classifiers.
     n_features_in_ : int
