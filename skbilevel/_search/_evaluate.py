@@ -489,7 +489,7 @@ class Evaluation(BaseSearchCV):
         results = evaluate(self.candidates)
         metric = self.refit if isinstance(self.refit, str) else "score"
         scores = f"mean_test_{metric}"
-        # Each refined row, and the row of a run it lies next to.
+        # Each refined row, and the visited row it was bisected from.
         self.refined_from_ = {}
         for _ in range(budget):
             if scores not in results:
@@ -497,11 +497,9 @@ class Evaluation(BaseSearchCV):
             found = refinements(results["params"], results[scores], key, spec)
             if found is None:
                 break
-            setting, rows = found
+            setting, (best, _) = found
             row = len(results["params"])
-            self.refined_from_[row] = next(
-                (self.refined_from_.get(r, r) for r in rows if r < row), None
-            )
+            self.refined_from_[row] = self.refined_from_.get(best, best)
             results = evaluate([{**setting, "candidate": row}])
         if search_ctx is not None:
             search_ctx.call_on_fit_task_end(estimator=self)

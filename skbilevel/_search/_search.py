@@ -619,7 +619,7 @@ class BilevelSearchCV(BaseSearchCV):
             or not is_classifier(self.estimator)
             or callable(self.refit)
             or self.refit is False
-            or (isinstance(self.scoring, str) and self.scoring == "neg_log_loss")
+            or self.scoring == "neg_log_loss"
             or (not isinstance(self.refit, str) and not _single_metric(self.scoring))
         ):
             return None
@@ -636,8 +636,7 @@ class BilevelSearchCV(BaseSearchCV):
         steps = self.n_iter_
         sources = getattr(evaluation, "refined_from_", {})
         refined = [
-            steps[sources[row]] if sources.get(row) is not None else steps.max()
-            for row in range(len(steps), len(results["params"]))
+            steps[sources[row]] for row in range(len(steps), len(results["params"]))
         ]
         self.n_iter_ = np.concatenate([steps, np.asarray(refined, dtype=int)])
         results.pop("param_candidate", None)
