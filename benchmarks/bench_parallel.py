@@ -13,14 +13,18 @@ times the steps of the others, and a worker ends alone on it). Each with
 Dask's default environment for its workers and once with its
 ``MALLOC_TRIM_THRESHOLD_`` unset (``dask.config`` key
 ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` set to None:
-the variable, set at all, also fixes glibc's mmap threshold at 128 KB). Each
+the variable, set at all, also fixes glibc's mmap threshold at 128 KB), and
+once with doc/cluster.rst's recipe for small tasks (``RECIPE``: the variable
+unset, the workers' statistical profiler off, 1 s ticks). Each
 configuration is measured in a fresh process of its own that holds only its
 own machinery (a LocalCluster runs its scheduler in the process that starts
 it, and its nannies leave their workers' variables in that process's
 environment), the configurations in turn, ``--repeats`` times; times are
 medians. Each process fits the search once untimed first (its workers have
 then imported torch, scikit-learn and skbilevel, as after any earlier
-search), then once timed; the cold rows are the first search of a fresh
+search), then ``WARM_FITS`` (3) times timed, every timed search of every
+repeat in the median (since session 12; one timed search each before); the
+cold rows are the first search of a fresh
 process (loky) or a fresh cluster (Dask, its start-up timed apart), each in
 a subprocess. The machine's own ceiling: in each repeat the ``n_jobs=1``
 search is also timed while a second process (warm, paused between these
@@ -64,14 +68,26 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 UNTRIMMED = "dask 2 workers, MALLOC_TRIM_THRESHOLD_ unset"
+QUIET = "dask 2 workers, the recipe (that variable unset, no profiler, 1 s ticks)"
 CONFIGS = (
     "n_jobs=1",
     "n_jobs=2 (threads)",
     "loky n_jobs=2",
     "dask 2 workers",
     UNTRIMMED,
+    QUIET,
 )
+# doc/cluster.rst's configuration for small tasks: besides the variable,
+# Dask's statistical profiler (it samples every worker thread's stack every
+# 10 ms) and its 20 ms ticks (each server's check for a blocked event loop).
+RECIPE = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+}
 CEILING = "n_jobs=1, a second process fitting the same search meanwhile"
+# Timed searches per fresh process, after its untimed first one.
+WARM_FITS = 3
 
 
 def _search(case, n_jobs=None):
@@ -124,12 +140,13 @@ def _timed(fit):
     return time.perf_counter() - start
 
 
-def _dask_cluster(trim=True):
+def _dask_cluster(trim=True, recipe=False):
     """A LocalCluster of two one-thread worker processes and its client.
 
     ``trim=False`` unsets the ``MALLOC_TRIM_THRESHOLD_`` (65536) that Dask's
     nannies give their workers by default: set at all, it also fixes glibc's
     mmap threshold at 128 KB, so that every larger temporary is mapped afresh.
+    ``recipe`` applies :data:`RECIPE` (which unsets it too).
     The variables the nannies set in this process's environment (their
     documented leak) are undone, so that loky's workers, started later, do
     not inherit them.
@@ -139,7 +156,8 @@ def _dask_cluster(trim=True):
 
     environ = dict(os.environ)
     key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    with dask.config.set({key: 65536 if trim else None}):
+    settings = RECIPE if recipe else {key: 65536 if trim else None}
+    with dask.config.set(settings):
         cluster = LocalCluster(
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
         )
@@ -153,7 +171,7 @@ def warm_main(case, name, threads):
     """One warm measurement of configuration ``name`` (or ``CEILING``), in a
     fresh process that holds only that configuration's machinery (a Dask
     LocalCluster runs its scheduler in the process that starts it): one
-    untimed search, then one timed, printed as JSON."""
+    untimed search, then ``WARM_FITS`` timed, printed as JSON."""
     import joblib
 
     warnings.simplefilter("ignore")
@@ -161,7 +179,8 @@ def warm_main(case, name, threads):
     if name.startswith("loky"):
         backend = "loky"
     elif name.startswith("dask"):
-        cluster, client = _dask_cluster(trim=name != UNTRIMMED)
+        recipe = name == QUIET
+        cluster, client = _dask_cluster(trim=name == CONFIGS[3], recipe=recipe)
         backend, n_jobs, options = "dask", None, {"client": client}
     peer = _peer(case, threads) if name == CEILING else None
     search, X, y = _search(case, n_jobs)
@@ -176,14 +195,14 @@ def warm_main(case, name, threads):
     fit()
     if peer is not None:
         peer.send_signal(signal.SIGCONT)
-    seconds = _timed(fit)
+    seconds = [_timed(fit) for _ in range(WARM_FITS)]
     if peer is not None:
         peer.kill()
     if cluster is not None:
         client.close()
         cluster.close()
     rows = len(search.cv_results_["params"])
-    print(json.dumps({"first": seconds, "score": search.best_score_, "rows": rows}))
+    print(json.dumps({"times": seconds, "score": search.best_score_, "rows": rows}))
 
 
 def search_part(case, repeats, threads):
@@ -195,7 +214,7 @@ def search_part(case, repeats, threads):
             runs[name].append(_measured("--warm", [case, name], threads))
     return {
         name: (
-            float(np.median([r["first"] for r in measured])),
+            float(np.median([t for r in measured for t in r["times"]])),
             (measured[0]["score"], measured[0]["rows"]),
         )
         for name, measured in runs.items()
@@ -322,7 +341,8 @@ def _search_rows(args):
     }[args.case]
     lines = [
         "## Eight runs on digits (LogisticRegression C learned; "
-        f"{what}; cv=5), median of {args.repeats}",
+        f"{what}; cv=5), median of {args.repeats} processes x {WARM_FITS} "
+        "timed searches (warm rows)",
         "",
         "| configuration | time (s) | time / n_jobs=1 | best CV accuracy | rows |",
         "|---|---|---|---|---|",
