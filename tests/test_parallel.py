@@ -127,6 +127,44 @@ def test_dask_workers_run_on_one_thread(dask_client):
     assert future.result() == (1, 1)
 
 
+def test_the_documented_dask_recipe_reaches_the_workers(loky_searches, monkeypatch):
+    # doc/cluster.rst's configuration for short tasks, set before the
+    # cluster starts: its nannies hand it to the workers, which then run the
+    # same search. The module's first cluster left its nannies' variables in
+    # this process's environment, which a later cluster's workers inherit
+    # whatever their configuration says (as the page warns).
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    dask = pytest.importorskip("dask")
+    distributed = pytest.importorskip("distributed")
+    recipe = {
+        "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "1s",
+    }
+    with (
+        dask.config.set(recipe),
+        distributed.LocalCluster(
+            n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+
+        def seen():
+            import os
+
+            import dask
+
+            profile = dask.config.get("distributed.worker.profile.enabled")
+            tick = dask.config.get("distributed.admin.tick.interval")
+            return profile, tick, os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+        assert set(client.run(seen).values()) == {(False, "1s", None)}
+        search = _logreg()
+        with joblib.parallel_backend("dask"):
+            search.fit(X, Y)
+    _assert_same_search(search, loky_searches["logreg"])
+
+
 def test_ray_backend_gives_the_loky_search(loky_searches):
     ray = pytest.importorskip("ray")
     from ray.util.joblib import register_ray
