@@ -14,7 +14,7 @@ Dask's default environment for its workers and once with its
 ``MALLOC_TRIM_THRESHOLD_`` unset (``dask.config`` key
 ``distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_`` set to None:
 the variable, set at all, also fixes glibc's mmap threshold at 128 KB), and
-once with doc/cluster.rst's recipe for small tasks (``RECIPE``: the variable
+once with doc/cluster.rst's recipe for small tasks (``QUIET``: the variable
 unset, the workers' statistical profiler off, 1 s ticks). Each
 configuration is measured in a fresh process of its own that holds only its
 own machinery (a LocalCluster runs its scheduler in the process that starts
@@ -77,13 +77,19 @@ CONFIGS = (
     UNTRIMMED,
     QUIET,
 )
-# doc/cluster.rst's configuration for small tasks: besides the variable,
+TRIM = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
+# The Dask configuration of each Dask row, set while its cluster starts.
+# QUIET's is doc/cluster.rst's recipe for small tasks: besides the variable,
 # Dask's statistical profiler (it samples every worker thread's stack every
 # 10 ms) and its 20 ms ticks (each server's check for a blocked event loop).
-RECIPE = {
-    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
-    "distributed.worker.profile.enabled": False,
-    "distributed.admin.tick.interval": "1s",
+DASK_SETTINGS = {
+    "dask 2 workers": {},
+    UNTRIMMED: {TRIM: None},
+    QUIET: {
+        TRIM: None,
+        "distributed.worker.profile.enabled": False,
+        "distributed.admin.tick.interval": "1s",
+    },
 }
 CEILING = "n_jobs=1, a second process fitting the same search meanwhile"
 # Timed searches per fresh process, after its untimed first one.
@@ -140,24 +146,22 @@ def _timed(fit):
     return time.perf_counter() - start
 
 
-def _dask_cluster(trim=True, recipe=False):
-    """A LocalCluster of two one-thread worker processes and its client.
+def _dask_cluster(settings=None):
+    """A LocalCluster of two one-thread worker processes and its client,
+    started under the Dask configuration ``settings`` (Dask's defaults if
+    None).
 
-    ``trim=False`` unsets the ``MALLOC_TRIM_THRESHOLD_`` (65536) that Dask's
-    nannies give their workers by default: set at all, it also fixes glibc's
-    mmap threshold at 128 KB, so that every larger temporary is mapped afresh.
-    ``recipe`` applies :data:`RECIPE` (which unsets it too).
-    The variables the nannies set in this process's environment (their
-    documented leak) are undone, so that loky's workers, started later, do
-    not inherit them.
+    Dask's nannies give their workers ``MALLOC_TRIM_THRESHOLD_=65536`` by
+    default: set at all, it also fixes glibc's mmap threshold at 128 KB, so
+    that every larger temporary is mapped afresh. The variables the nannies
+    set in this process's environment (their documented leak) are undone, so
+    that loky's workers, started later, do not inherit them.
     """
     import dask
     from distributed import Client, LocalCluster
 
     environ = dict(os.environ)
-    key = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
-    settings = RECIPE if recipe else {key: 65536 if trim else None}
-    with dask.config.set(settings):
+    with dask.config.set(settings or {}):
         cluster = LocalCluster(
             n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None
         )
@@ -179,8 +183,7 @@ def warm_main(case, name, threads):
     if name.startswith("loky"):
         backend = "loky"
     elif name.startswith("dask"):
-        recipe = name == QUIET
-        cluster, client = _dask_cluster(trim=name == CONFIGS[3], recipe=recipe)
+        cluster, client = _dask_cluster(DASK_SETTINGS[name])
         backend, n_jobs, options = "dask", None, {"client": client}
     peer = _peer(case, threads) if name == CEILING else None
     search, X, y = _search(case, n_jobs)
